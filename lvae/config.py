@@ -1,0 +1,136 @@
+"""Typed configuration schema (Hydra ConfigStore) and value checks.
+
+The dataclasses give types and defaults: Hydra refuses an unknown key or a value
+of the wrong type while composing. `validate` adds the ranges a type cannot
+express and names the key and the allowed values in its message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+MAX_LAYERS = 5
+MODEL_NAMES = ("vae", "lvae")
+DEVICES = ("auto", "cpu", "cuda")
+LIKELIHOODS = ("bernoulli", "gaussian")
+DATASETS = ("mnist",)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Bottom (z_1) to top (z_5); a model with L layers uses the first L (PAPER.md §4).
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256, 128, 64, 32])
+    latent_sizes: list[int] = field(default_factory=lambda: [64, 32, 16, 8, 4])
+    mlp_depth: int = 2  # hidden layers of each deterministic map d(y) = MLP(y)
+    min_variance: float = 1e-6  # added to softplus so that no variance reaches zero
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = MISSING
+    download: bool = True
+    binarize: bool = True
+    binarization_seed: int = 0  # the test set is binarized once, with this seed
+    train_subset: Optional[int] = None  # first N training images (None = all)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2000
+    batch_size: int = 256
+    lr: float = 0.002
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-4
+    grad_clip_norm: float = 4.0
+    iw_samples: int = 1  # K of the importance-weighted bound (1 = ELBO)
+    mc_samples: int = 1  # Monte Carlo samples averaged per image
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    iw_samples: int = 5000
+    test_subset: Optional[int] = None  # first N test images (None = all 10,000)
+    train_subset: int = 10000  # training images for the training-set bound
+    memory_budget_mb: int = 1024  # activations of one evaluation chunk
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    layers: int = 5
+    batch_norm: bool = True
+    warmup_epochs: int = 200  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
+    likelihood: str = "bernoulli"
+    seed: int = 0
+    device: str = "auto"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+register_configs()
+
+
+class ConfigError(ValueError):
+    """A configuration value outside its allowed range."""
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+# key -> (check, what is allowed)
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "layers": (lambda v: 1 <= v <= MAX_LAYERS, f"an integer from 1 to {MAX_LAYERS}"),
+    "model.name": (lambda v: v in MODEL_NAMES, f"one of {', '.join(MODEL_NAMES)}"),
+    "model.mlp_depth": (lambda v: v >= 0, "an integer >= 0"),
+    "model.min_variance": (_positive, "a number > 0"),
+    "data.name": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "data.train_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
+    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    "likelihood": (lambda v: v in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
+    "warmup_epochs": (lambda v: v >= 0, "an integer >= 0 (0 = no warm-up)"),
+    "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "train.batch_size": (_positive, "an integer > 0"),
+    "train.lr": (_positive, "a number > 0"),
+    "train.adam_eps": (_positive, "a number > 0"),
+    "train.adam_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "train.grad_clip_norm": (_positive, "a number > 0"),
+    "train.iw_samples": (_positive, "an integer > 0"),
+    "train.mc_samples": (_positive, "an integer > 0"),
+    "eval.iw_samples": (_positive, "an integer > 0"),
+    "eval.test_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
+    "eval.train_subset": (_positive, "an integer > 0"),
+    "eval.memory_budget_mb": (_positive, "an integer > 0"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is not allowed."""
+    for key, (is_allowed, allowed) in _RULES.items():
+        value = OmegaConf.select(cfg, key)
+        if not is_allowed(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
+    for key in ("model.hidden_sizes", "model.latent_sizes"):
+        sizes = OmegaConf.select(cfg, key)
+        if len(sizes) < cfg.layers or any(s <= 0 for s in sizes[: cfg.layers]):
+            raise ConfigError(
+                f"{key}={list(sizes)} does not fit layers={cfg.layers}: "
+                f"{key} must list at least {cfg.layers} sizes, all > 0."
+            )
+    if cfg.likelihood == "bernoulli" and not cfg.data.binarize:
+        raise ConfigError(
+            "likelihood=bernoulli needs binary data: set data.binarize=true, "
+            "or likelihood=gaussian for continuous pixels."
+        )

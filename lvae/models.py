@@ -1,0 +1,294 @@
+"""The hierarchical VAE (bottom-up inference) and the Ladder VAE (top-down inference).
+
+Both share one generative model (PAPER.md §2, slides eq. 1-3). A forward pass
+returns a `Trace`: for every stochastic layer the sample z_i, the parameters of
+q(z_i|.) and of p(z_i|z_{i+1}), and log p(x|z_1). Objectives and evaluation are
+computed from the trace alone, so both models share them.
+
+Shapes: x is (B, D); every sampled tensor is (S, B, d) with S samples per image.
+Per-image work that does not depend on the samples (`encode`: the LVAE upward
+pass, the VAE's q(z_1|x)) is done once for the B images and broadcast over S.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from .distributions import (
+    bernoulli_log_prob,
+    gaussian_kl,
+    gaussian_log_prob,
+    precision_weighted_merge,
+    sample_gaussian,
+)
+
+LEAKY_RELU_SLOPE = 0.01  # Lasagne's leaky_rectify, used by the authors' code
+
+Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mean, variance)
+
+
+@dataclass
+class StochasticLayer:
+    """One layer z_i of a forward pass: its sample, q(z_i|.) and p(z_i|z_{i+1})."""
+
+    z: torch.Tensor
+    q_mean: torch.Tensor
+    q_var: torch.Tensor
+    p_mean: torch.Tensor
+    p_var: torch.Tensor
+
+    def log_q(self) -> torch.Tensor:
+        return gaussian_log_prob(self.z, self.q_mean, self.q_var).sum(-1)
+
+    def log_p(self) -> torch.Tensor:
+        return gaussian_log_prob(self.z, self.p_mean, self.p_var).sum(-1)
+
+    def kl_per_unit(self) -> torch.Tensor:
+        """Analytic KL(q(z_i|.) || p(z_i|z_{i+1})) per unit, given the sampled parents."""
+        return gaussian_kl(self.q_mean, self.q_var, self.p_mean, self.p_var)
+
+
+@dataclass
+class Trace:
+    layers: list[StochasticLayer]  # bottom (z_1) to top (z_L)
+    log_px: torch.Tensor  # log p(x|z_1), (S, B)
+
+
+class MLP(nn.Module):
+    """d(y) = MLP(y): `depth` x (Linear -> [BatchNorm] -> leaky ReLU); identity when depth = 0."""
+
+    def __init__(self, in_features: int, width: int, depth: int, batch_norm: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers.append(nn.Linear(in_features if i == 0 else width, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
+        self.net = nn.Sequential(*layers)
+        self.out_features = width if depth > 0 else in_features
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        # BatchNorm1d wants (N, C): fold the sample and batch axes together.
+        leading = y.shape[:-1]
+        return self.net(y.reshape(-1, y.shape[-1])).reshape(*leading, self.out_features)
+
+
+class GaussianHead(nn.Module):
+    """mu = Linear(d), sigma2 = Softplus(Linear(d)) + min_variance (PAPER.md §2)."""
+
+    def __init__(self, in_features: int, out_features: int, min_variance: float):
+        super().__init__()
+        self.mean = nn.Linear(in_features, out_features)
+        self.var = nn.Linear(in_features, out_features)
+        self.min_variance = min_variance
+
+    def forward(self, d: torch.Tensor) -> Gaussian:
+        return self.mean(d), F.softplus(self.var(d)) + self.min_variance
+
+
+class GaussianMap(nn.Module):
+    """y -> (mu(y), sigma2(y)) through d(y) = MLP(y)."""
+
+    def __init__(self, in_features: int, out_features: int, width: int, depth: int,
+                 batch_norm: bool, min_variance: float):
+        super().__init__()
+        self.body = MLP(in_features, width, depth, batch_norm)
+        self.head = GaussianHead(self.body.out_features, out_features, min_variance)
+
+    def forward(self, y: torch.Tensor) -> Gaussian:
+        return self.head(self.body(y))
+
+
+class TopDownGenerative(nn.Module):
+    """p(z_L) = N(0, I), p(z_i|z_{i+1}) = N(mu_p,i, sigma2_p,i) (eq. 2), p(x|z_1) (eq. 3).
+
+    The map into z_i uses hidden width hidden_sizes[i], the same as the inference
+    map that produces z_i; p(x|z_1) uses hidden_sizes[0].
+    """
+
+    def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+        super().__init__()
+        self.latent_sizes = latent_sizes
+        self.priors = nn.ModuleList(
+            GaussianMap(latent_sizes[i + 1], latent_sizes[i], hidden_sizes[i], depth, batch_norm, min_variance)
+            for i in range(len(latent_sizes) - 1)
+        )
+        self.decoder_body = MLP(latent_sizes[0], hidden_sizes[0], depth, batch_norm)
+        self.likelihood = likelihood
+        if likelihood == "bernoulli":
+            self.decoder_head: nn.Module = nn.Linear(self.decoder_body.out_features, data_dim)
+        else:
+            self.decoder_head = GaussianHead(self.decoder_body.out_features, data_dim, min_variance)
+
+    def prior(self, i: int, z_above: Optional[torch.Tensor], like: torch.Tensor) -> Gaussian:
+        """Parameters of p(z_i | z_{i+1}) (0-based i); the top layer's prior is N(0, I)."""
+        if i == len(self.latent_sizes) - 1:
+            zeros = like.new_zeros(()).expand(*like.shape[:-1], self.latent_sizes[i])
+            return zeros, torch.ones_like(zeros)
+        return self.priors[i](z_above)
+
+    def log_likelihood(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        """log p(x | z_1), summed over pixels: (S, B)."""
+        output = self.decoder_head(self.decoder_body(z1))
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_prob(x, output).sum(-1)
+        mean, var = output
+        return gaussian_log_prob(x, mean, var).sum(-1)
+
+    def mean_image(self, z1: torch.Tensor) -> torch.Tensor:
+        """E[x | z_1]: pixel probabilities (Bernoulli) or means (Gaussian)."""
+        output = self.decoder_head(self.decoder_body(z1))
+        return torch.sigmoid(output) if self.likelihood == "bernoulli" else output[0]
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Ancestral samples from the prior, returned as E[x | z_1]: (n, D)."""
+        z = torch.randn(n, self.latent_sizes[-1], device=next(self.parameters()).device)
+        for i in reversed(range(len(self.latent_sizes) - 1)):
+            z = sample_gaussian(*self.priors[i](z))
+        return self.mean_image(z)
+
+
+class HierarchicalVAE(nn.Module):
+    """What both models share: the generative model and the layout of a trace."""
+
+    def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+        super().__init__()
+        self.data_dim = data_dim
+        self.latent_sizes = list(latent_sizes)
+        self.hidden_sizes = list(hidden_sizes)
+        self.generative = TopDownGenerative(
+            data_dim, self.latent_sizes, self.hidden_sizes, depth, batch_norm, likelihood, min_variance
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.latent_sizes)
+
+    def encode(self, x: torch.Tensor):
+        """Per-image work shared by all samples of x."""
+        raise NotImplementedError
+
+    def sample_posterior(self, context, n_samples: int) -> list[StochasticLayer]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, n_samples: int = 1, context=None) -> Trace:
+        """Draw n_samples from q(z|x) for each image of x and score them under p."""
+        if context is None:
+            context = self.encode(x)
+        layers = self.sample_posterior(context, n_samples)
+        return Trace(layers, self.generative.log_likelihood(x, layers[0].z))
+
+    def per_sample_modules(self) -> list[nn.Module]:
+        """The networks that run once per sample (not once per image)."""
+        return [self.generative]
+
+    def floats_per_sample(self) -> int:
+        """Activation floats one (image, sample) pair holds at a time, from the layer shapes.
+
+        Each dense layer keeps its pre-activation, its batch-norm output and its
+        activation; each latent layer about ten vectors (means, variances, sample,
+        merge and log-density temporaries); the output a few vectors of size D.
+        """
+        dense = sum(m.out_features for module in self.per_sample_modules()
+                    for m in module.modules() if isinstance(m, nn.Linear))
+        return 3 * dense + 10 * sum(self.latent_sizes) + 4 * self.data_dim
+
+
+class BottomUpVAE(HierarchicalVAE):
+    """q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}) (slides, "VAE inference part")."""
+
+    def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance)
+        inputs = [data_dim] + self.latent_sizes[:-1]
+        self.encoders = nn.ModuleList(
+            GaussianMap(inputs[i], self.latent_sizes[i], self.hidden_sizes[i], depth, batch_norm, min_variance)
+            for i in range(self.num_layers)
+        )
+
+    def encode(self, x: torch.Tensor) -> Gaussian:
+        return self.encoders[0](x)  # q(z_1 | x) depends on x alone
+
+    def sample_posterior(self, context: Gaussian, n_samples: int) -> list[StochasticLayer]:
+        mean, var = (t.expand(n_samples, *t.shape) for t in context)
+        posteriors, samples = [], []
+        for i in range(self.num_layers):
+            if i > 0:
+                mean, var = self.encoders[i](samples[-1])
+            posteriors.append((mean, var))
+            samples.append(sample_gaussian(mean, var))
+        layers = []
+        for i in range(self.num_layers):
+            z_above = samples[i + 1] if i + 1 < self.num_layers else None
+            p_mean, p_var = self.generative.prior(i, z_above, like=samples[i])
+            layers.append(StochasticLayer(samples[i], *posteriors[i], p_mean, p_var))
+        return layers
+
+    def per_sample_modules(self) -> list[nn.Module]:
+        return [self.generative, *self.encoders[1:]]
+
+
+class LadderVAE(HierarchicalVAE):
+    """Deterministic upward pass, then precision-weighted top-down inference (PAPER.md §3)."""
+
+    def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance)
+        self.upward = nn.ModuleList()
+        self.upward_heads = nn.ModuleList()
+        width = data_dim
+        for i in range(self.num_layers):
+            mlp = MLP(width, self.hidden_sizes[i], depth, batch_norm)
+            self.upward.append(mlp)
+            self.upward_heads.append(GaussianHead(mlp.out_features, self.latent_sizes[i], min_variance))
+            width = mlp.out_features
+
+    def encode(self, x: torch.Tensor) -> list[Gaussian]:
+        """Upward pass d_n = MLP(d_{n-1}), (mu_hat_q,n, sigma2_hat_q,n) = heads(d_n), d_0 = x."""
+        d, likelihood_terms = x, []
+        for mlp, head in zip(self.upward, self.upward_heads):
+            d = mlp(d)
+            likelihood_terms.append(head(d))
+        return likelihood_terms
+
+    def sample_posterior(self, context: list[Gaussian], n_samples: int) -> list[StochasticLayer]:
+        layers: list[Optional[StochasticLayer]] = [None] * self.num_layers
+        z_above = None
+        for i in reversed(range(self.num_layers)):
+            mean_hat, var_hat = context[i]
+            like = mean_hat.expand(n_samples, *mean_hat.shape)
+            p_mean, p_var = self.generative.prior(i, z_above, like=like)
+            if i == self.num_layers - 1:
+                q_mean, q_var = mean_hat.expand_as(like), var_hat.expand_as(like)
+            else:
+                q_mean, q_var = precision_weighted_merge(mean_hat, var_hat, p_mean, p_var)
+            z_above = sample_gaussian(q_mean, q_var)
+            layers[i] = StochasticLayer(z_above, q_mean, q_var, p_mean, p_var)
+        return layers  # type: ignore[return-value]
+
+
+MODELS = {"vae": BottomUpVAE, "lvae": LadderVAE}
+
+
+def build_model(cfg: DictConfig, data_dim: int) -> HierarchicalVAE:
+    """The model a (validated) run config describes."""
+    layers = cfg.layers
+    return MODELS[cfg.model.name](
+        data_dim=data_dim,
+        latent_sizes=list(cfg.model.latent_sizes[:layers]),
+        hidden_sizes=list(cfg.model.hidden_sizes[:layers]),
+        depth=cfg.model.mlp_depth,
+        batch_norm=cfg.batch_norm,
+        likelihood=cfg.likelihood,
+        min_variance=cfg.model.min_variance,
+    )

@@ -1,0 +1,63 @@
+"""Every bad config value stops at once, naming the key and what is allowed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import HydraException
+
+from lvae.config import ConfigError, validate
+
+from .conftest import REPO, compose_config
+
+
+def test_default_config_is_valid_and_matches_the_paper():
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.model.name == "lvae" and cfg.layers == 5 and cfg.batch_norm and cfg.warmup_epochs == 200
+    assert cfg.train.epochs == 2000 and cfg.train.batch_size == 256 and cfg.eval.iw_samples == 5000
+    assert cfg.train.adam_eps == 1e-4 and cfg.train.grad_clip_norm == 4.0
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("layers=0", "layers", "from 1 to 5"),
+        ("layers=9", "layers", "from 1 to 5"),
+        ("train.lr=-1", "train.lr", "> 0"),
+        ("eval.iw_samples=0", "eval.iw_samples", "> 0"),
+        ("device=tpu", "device", "auto, cpu, cuda"),
+        ("likelihood=poisson", "likelihood", "bernoulli, gaussian"),
+        ("warmup_epochs=-3", "warmup_epochs", ">= 0"),
+        ("train.batch_size=0", "train.batch_size", "> 0"),
+        ("model.latent_sizes=[64,32]", "model.latent_sizes", "at least 5"),
+    ],
+)
+def test_out_of_range_values_name_key_and_allowed_values(override, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(override))
+    assert key in str(error.value) and allowed in str(error.value)
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(HydraException) as error:
+        compose_config("model=foo")
+    message = str(error.value)
+    assert "model" in message and "lvae" in message and "vae" in message
+
+
+def test_wrong_types_and_unknown_keys_are_refused_by_the_schema():
+    with pytest.raises(HydraException, match="layers=five"):
+        compose_config("layers=five")
+    with pytest.raises(HydraException, match="learning_rate"):
+        compose_config("train.learning_rate=0.1")
+
+
+def test_command_line_exits_with_the_message():
+    env = {**os.environ, "LVAE_DATA_ROOT": "/nonexistent"}
+    result = subprocess.run([sys.executable, "train.py", "layers=0"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "layers=0 is not allowed: layers must be an integer from 1 to 5" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

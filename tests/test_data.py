@@ -1,0 +1,77 @@
+"""MNIST loading: the real files (in CI), synthetic IDX files, binarization, clear errors."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvae.data import DatasetNotFoundError, default_data_root, load_mnist
+
+from .conftest import compose_config
+
+CPU = torch.device("cpu")
+
+
+def _data_cfg(root, *overrides):
+    return compose_config(f"data.root={root}", *overrides).data
+
+
+def _real_mnist_root() -> Path:
+    root = Path(default_data_root())
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide MNIST: not found under {root} (set LVAE_DATA_ROOT)")
+        pytest.skip(f"MNIST not found under {root}; set LVAE_DATA_ROOT")
+    return root
+
+
+def test_real_mnist():
+    data = load_mnist(_data_cfg(_real_mnist_root()), CPU)
+    assert data.train.shape == (60000, 784) and data.test.shape == (10000, 784)
+    assert data.train_labels.shape == (60000,) and set(data.test_labels.unique().tolist()) == set(range(10))
+    assert 0 <= data.train.min() and data.train.max() == 1.0
+    assert set(data.test.unique().tolist()) == {0.0, 1.0}, "the test set is binarized once"
+    # Same binary test set on every load; it is not the training set.
+    again = load_mnist(_data_cfg(_real_mnist_root()), CPU)
+    assert torch.equal(data.test, again.test)
+    assert 0.10 < data.test.mean() < 0.16  # MNIST's mean intensity is about 0.13
+
+
+def test_training_batches_are_rebinarized_every_epoch(synthetic_mnist):
+    data = load_mnist(_data_cfg(synthetic_mnist), CPU)
+    torch.manual_seed(0)
+    first = torch.cat(list(data.train_batches(32)))
+    second = torch.cat(list(data.train_batches(32)))
+    assert first.shape == (96, 784) and set(first.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(first.sum(0), second.sum(0)), "a fresh binarization (and order) each epoch"
+    # Dynamic binarization is unbiased: averaged over many epochs it recovers the intensities.
+    mean = torch.stack([torch.bernoulli(data.train) for _ in range(400)]).mean(0)
+    assert (mean - data.train).abs().max() < 0.1
+
+
+def test_incomplete_last_batch_is_dropped_unless_the_set_is_tiny(synthetic_mnist):
+    data = load_mnist(_data_cfg(synthetic_mnist), CPU)
+    assert [len(b) for b in data.train_batches(40)] == [40, 40]
+    assert [len(b) for b in data.train_batches(500)] == [96]
+
+
+def test_test_binarization_depends_only_on_its_seed(synthetic_mnist):
+    a = load_mnist(_data_cfg(synthetic_mnist), CPU).test
+    torch.manual_seed(123)
+    b = load_mnist(_data_cfg(synthetic_mnist), CPU).test
+    c = load_mnist(_data_cfg(synthetic_mnist, "data.binarization_seed=1"), CPU).test
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_train_subset(synthetic_mnist):
+    data = load_mnist(_data_cfg(synthetic_mnist, "data.train_subset=10"), CPU)
+    assert data.train.shape == (10, 784) and data.test.shape == (32, 784)
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_mnist(_data_cfg(tmp_path, "data.download=false"), CPU)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "LVAE_DATA_ROOT" in message and "data.root" in message

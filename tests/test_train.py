@@ -1,0 +1,76 @@
+"""Training lowers the loss; a whole run writes its directory with every field."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from lvae.checkpoint import load_checkpoint
+from lvae.data import ImageData, load_mnist
+from lvae.evaluate import iw_log_likelihood
+from lvae.models import build_model
+from lvae.train import run, train_model
+
+from .conftest import compose_config
+
+SMALL = ("model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]")
+
+
+@pytest.mark.parametrize("name", ["vae", "lvae"])
+def test_training_on_a_tiny_set_lowers_the_loss(name, tmp_path):
+    torch.manual_seed(0)
+    prototypes = torch.rand(4, 50).round() * 0.9 + 0.05
+    train = prototypes.repeat(64, 1)
+    data = ImageData(train, torch.zeros(256), train[:8], torch.zeros(8), binarize=True)
+    cfg = compose_config(f"model={name}", "layers=3", *SMALL, "train.epochs=15", "train.batch_size=32",
+                         "warmup_epochs=0", "train.progress=false")
+    model = build_model(cfg, 50)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
+    with SummaryWriter(str(tmp_path)) as writer:
+        history = train_model(model, optimizer, data, cfg, writer)
+    first, last = history[0]["train_objective"], history[-1]["train_objective"]
+    assert last > first + 10, (first, last)  # in nats per image; 50 pixels start near 35 nats
+
+
+EXPECTED_FIELDS = {
+    "status", "model", "layers", "batch_norm", "warmup_epochs", "likelihood", "dataset", "epochs", "seed",
+    "test_log_likelihood", "test_elbo", "train_bound", "kl_per_layer", "wall_time_s", "date", "command",
+    "device", "hostname", "git_commit", "git_dirty", "versions", "history",
+}
+
+
+def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthetic_mnist, tmp_path):
+    cfg = compose_config(f"data.root={synthetic_mnist}", "model=lvae", "layers=3", *SMALL, "train.epochs=3",
+                         "train.batch_size=32", "warmup_epochs=2", "eval.iw_samples=64", "eval.train_subset=40",
+                         "eval.memory_budget_mb=1", "device=cpu", "train.progress=false")
+    run_dir = tmp_path / "run"
+    returned = run(cfg, run_dir)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(returned))
+    assert EXPECTED_FIELDS <= set(metrics), EXPECTED_FIELDS - set(metrics)
+    assert metrics["status"] == "completed" and metrics["epochs"] == 3 and len(metrics["history"]) == 3
+    ll, test_elbo, train = metrics["test_log_likelihood"], metrics["test_elbo"], metrics["train_bound"]
+    assert ll["iw_samples"] == 64 and ll["images"] == 32 and train["images"] == 40
+    assert test_elbo["mean"] <= ll["mean"] < 0, "the K=64 bound is at least the ELBO (up to noise)"
+    assert len(metrics["kl_per_layer"]) == 3 and all(k >= 0 for k in metrics["kl_per_layer"])
+    assert [h["kl_weight"] for h in metrics["history"]][-1] == 1.0
+    assert set(metrics["versions"]) >= {"torch", "python", "lvae"} and metrics["device"].startswith("cpu")
+
+    assert (run_dir / "config.yaml").read_text().count("layers: 3") == 1
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
+    assert checkpoint["epoch"] == 3 and checkpoint["config"]["layers"] == 3
+    model = build_model(cfg, 784)
+    model.load_state_dict(checkpoint["model"])
+    # The checkpoint alone reproduces the estimate (batch-norm statistics included).
+    data = load_mnist(cfg.data, torch.device("cpu"))
+    reloaded = iw_log_likelihood(model, data.test, 64, memory_budget_mb=1).mean().item()
+    assert abs(reloaded - ll["mean"]) < 3 * ll["stderr"]
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/elbo", "train/kl_weight", "kl_per_layer/z1", "eval/test_log_likelihood"} <= tags
+    assert len(events.Scalars("train/loss")) == 3
