@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -50,6 +51,7 @@ class TrainConfig:
     grad_clip_norm: float = 4.0
     iw_samples: int = 1  # K of the importance-weighted bound (1 = ELBO)
     mc_samples: int = 1  # Monte Carlo samples averaged per image
+    checkpoint_every: int = 10  # epochs between checkpoints (one is always written at the end)
     progress: bool = True
 
 
@@ -59,6 +61,7 @@ class EvalConfig:
     test_subset: Optional[int] = None  # first N test images (None = all 10,000)
     train_subset: int = 10000  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
+    analyze: bool = True  # active units, PCA, samples and figures at the end of a run
 
 
 @dataclass
@@ -73,10 +76,19 @@ class Config:
     likelihood: str = "bernoulli"
     seed: int = 0
     device: str = "auto"
+    resume: Optional[str] = None  # a run directory to continue (default: the run's own directory)
+
+
+def run_dir_name(override_dirname: str) -> str:
+    """Run directories are named by their command-line overrides (`defaults` when none),
+    so that the same command finds the same directory again and resumes it."""
+    return override_dirname or "defaults"
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("run_dir_name"):
+        OmegaConf.register_new_resolver("run_dir_name", run_dir_name)
 
 
 register_configs()
@@ -109,6 +121,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_clip_norm": (_positive, "a number > 0"),
     "train.iw_samples": (_positive, "an integer > 0"),
     "train.mc_samples": (_positive, "an integer > 0"),
+    "train.checkpoint_every": (_positive, "an integer > 0"),
     "eval.iw_samples": (_positive, "an integer > 0"),
     "eval.test_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
     "eval.train_subset": (_positive, "an integer > 0"),
@@ -134,3 +147,42 @@ def validate(cfg: DictConfig) -> None:
             "likelihood=bernoulli needs binary data: set data.binarize=true, "
             "or likelihood=gaussian for continuous pixels."
         )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA device: use device=auto or device=cpu.")
+    return torch.device(name)
+
+
+# Keys that change how a run is run or reported, not what it computes: a resumed run
+# may change them. Everything else defines the run (train.epochs may grow: training
+# then continues from the last checkpoint).
+NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.epochs", "eval", "device", "resume",
+                    "data.root", "data.download")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def run_defining_values(cfg: DictConfig | dict) -> dict[str, Any]:
+    """key -> value of every key that defines what a run computes."""
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {key: value for key, value in _flatten(tree).items()
+            if not any(key == k or key.startswith(k + ".") for k in NOT_RUN_DEFINING)}
+
+
+def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
+    """'key: stored -> now' for every run-defining key whose value differs."""
+    old, new = run_defining_values(stored), run_defining_values(cfg)
+    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]

@@ -20,8 +20,16 @@ DATA_ROOT_ENV = "LVAE_DATA_ROOT"
 IMAGE_SIZE = 28
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetError(RuntimeError):
+    """The dataset cannot be used; the message says where it looked and what to do."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset files are neither on disk nor downloadable."""
+
+
+class DatasetInvalidError(DatasetError):
+    """A dataset file is there but is not what it should be (truncated, wrong format)."""
 
 
 @dataclass
@@ -40,16 +48,24 @@ class ImageData:
         """Pixels drawn as Bernoulli(intensity) when the data are binary, else unchanged."""
         return torch.bernoulli(images, generator=generator) if self.binarize else images
 
-    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """One epoch of shuffled, freshly binarized training batches.
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """The incomplete last batch is dropped (batch norm needs full batches),
+        unless the set is smaller than one batch."""
+        return max(1, len(self.train) // batch_size)
 
-        The incomplete last batch is dropped (batch norm needs full batches), unless
-        the set is smaller than one batch.
-        """
-        n = self.train.shape[0]
-        order = torch.randperm(n, device=self.train.device)
-        for start in range(0, max(n - batch_size + 1, 1), batch_size):
-            yield self.binarized(self.train[order[start:start + batch_size]])
+    def epoch_order(self) -> torch.Tensor:
+        """A fresh shuffle of the training set (one per epoch)."""
+        return torch.randperm(len(self.train), device=self.train.device)
+
+    def train_batch(self, order: torch.Tensor, index: int, batch_size: int) -> torch.Tensor:
+        """Batch `index` of an epoch's `order`, freshly binarized."""
+        return self.binarized(self.train[order[index * batch_size:(index + 1) * batch_size]])
+
+    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled, freshly binarized training batches."""
+        order = self.epoch_order()
+        for index in range(self.batches_per_epoch(batch_size)):
+            yield self.train_batch(order, index, batch_size)
 
     def fixed_train_subset(self, n: int, seed: int) -> torch.Tensor:
         """The first n training images, binarized once with `seed` (for train-set bounds)."""
@@ -62,34 +78,62 @@ def default_data_root() -> str:
     return os.environ.get(DATA_ROOT_ENV, "data")
 
 
-def _read_mnist_split(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
+
+def _ensure_mnist_files(root: Path, download: bool) -> Path:
+    """The folder root/MNIST/raw with all four files, downloading them if allowed."""
     raw = root / "MNIST" / "raw"
-    try:
-        split = MNIST(str(root), train=train, download=download)
-    except Exception as error:  # torchvision raises RuntimeError or URLError, depending on the step
-        raise DatasetNotFoundError(
-            f"MNIST was not found in {raw} (looked for train-images-idx3-ubyte, "
-            f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
-            + (f" and could not be downloaded ({error})" if download else " and data.download=false")
-            + f". Put the files there, point data.root (or ${DATA_ROOT_ENV}) at the folder that "
-            "holds MNIST/raw, or run once with internet access and data.download=true."
-        ) from error
-    images, labels = split.data, split.targets
-    if images.ndim != 3 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels):
-        raise DatasetNotFoundError(
-            f"MNIST files in {raw} have unexpected shapes: images {tuple(images.shape)}, "
-            f"labels {tuple(labels.shape)}; expected (N, 28, 28) images and N labels."
+    names = [name for pair in MNIST_FILES.values() for name in pair]
+    missing = [name for name in names if not (raw / name).is_file()]
+    if not missing:
+        return raw
+    reason = "data.download=false"
+    if download:
+        from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
+
+        try:
+            MNIST(str(root), train=True, download=True)
+            return raw
+        except Exception as error:  # no network, HTTP errors, checksum mismatch
+            reason = f"the download failed ({type(error).__name__}: {error})"
+    raise DatasetNotFoundError(
+        f"MNIST is missing {', '.join(missing)} in {raw}, and {reason}. Put the four files there, point "
+        f"data.root (or ${DATA_ROOT_ENV}) at the folder that holds MNIST/raw, or run once with internet "
+        "access and data.download=true."
+    )
+
+
+def _read_mnist_split(raw: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    image_file, label_file = (raw / name for name in MNIST_FILES[train])
+    tensors = []
+    for path, read in ((image_file, read_image_file), (label_file, read_label_file)):
+        try:
+            tensors.append(read(str(path)))
+        except Exception as error:  # torchvision asserts on the header and the byte count
+            raise DatasetInvalidError(
+                f"{path} is not a valid IDX file ({type(error).__name__}{': ' + str(error) if str(error) else ''}; "
+                f"{path.stat().st_size} bytes): it may be truncated. Delete it and download it again."
+            ) from error
+    images, labels = tensors
+    if (images.ndim != 3 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels)
+            or labels.min() < 0 or labels.max() > 9):
+        raise DatasetInvalidError(
+            f"MNIST files in {raw} do not fit together: images {tuple(images.shape)}, labels "
+            f"{tuple(labels.shape)} in [{labels.min()}, {labels.max()}]; expected (N, 28, 28) images "
+            "and N labels in 0-9."
         )
     return images, labels
 
 
 def load_mnist(cfg: DictConfig, device: torch.device) -> ImageData:
     """MNIST from cfg.root (torchvision layout: <root>/MNIST/raw), held on `device`."""
-    root = Path(cfg.root).expanduser()
-    train_images, train_labels = _read_mnist_split(root, True, cfg.download)
-    test_images, test_labels = _read_mnist_split(root, False, cfg.download)
+    raw = _ensure_mnist_files(Path(cfg.root).expanduser(), cfg.download)
+    train_images, train_labels = _read_mnist_split(raw, True)
+    test_images, test_labels = _read_mnist_split(raw, False)
     if cfg.train_subset is not None:
         train_images, train_labels = train_images[: cfg.train_subset], train_labels[: cfg.train_subset]
     train = train_images.reshape(len(train_images), -1).float() / 255.0

@@ -72,6 +72,26 @@ def markdown_table(runs: list[tuple[Path, dict | None]]) -> str:
     return "\n".join(lines)
 
 
+# What two runs of the same config must agree on exactly (timings and provenance differ by nature).
+REPRODUCED_METRICS = ("test_log_likelihood", "test_elbo", "train_bound", "kl_per_layer")
+
+
+def differences_between_runs(a: Path, b: Path) -> list[str]:
+    """What differs between two finished run directories: parameters (bitwise) and metrics."""
+    from .checkpoint import load_checkpoint
+
+    state_a, state_b = (load_checkpoint(d / "checkpoint.pt")["model"] for d in (a, b))
+    found = [f"parameter {key}" for key in sorted(state_a.keys() | state_b.keys())
+             if key not in state_a or key not in state_b or not state_a[key].equal(state_b[key])]
+    metrics_a, metrics_b = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    found += [f"metric {key}" for key in REPRODUCED_METRICS if metrics_a.get(key) != metrics_b.get(key)]
+    histories = [[{k: v for k, v in h.items() if k != "seconds"} for h in m.get("history", [])]
+                 for m in (metrics_a, metrics_b)]
+    if histories[0] != histories[1]:
+        found.append("training history")
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
@@ -83,10 +103,23 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
     print(markdown_table(runs))
-    devices = sorted({m["device"] for _, m in runs if m and "device" in m})
-    dates = sorted({m["date"][:10] for _, m in runs if m and "date" in m})
-    if devices:
-        print(f"\nMeasured on {'; '.join(devices)} ({', '.join(dates)}).")
+    print()
+    print(budget_summary([m for _, m in runs if m and m.get("status") == "completed"]))
+
+
+def budget_summary(finished: list[dict]) -> str:
+    """One sentence on the budget, device and dates behind a table's numbers."""
+    if not finished:
+        return "No run has finished yet."
+    def values(get):
+        return ", ".join(sorted({str(get(m)) for m in finished}))
+    epochs = {m["epochs"] for m in finished}
+    scale = ("the paper's 2000 epochs" if epochs == {2000}
+             else "a short budget, not the paper's 2000 epochs")
+    return (f"Budget: {values(lambda m: m['epochs'])} epochs ({scale}); test log p(x) with "
+            f"K={values(lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
+            f"{values(lambda m: m['test_log_likelihood']['images'])} test images. Measured on "
+            f"{values(lambda m: m['device'])}, {values(lambda m: m['date'][:10])}.")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_training_on_a_tiny_set_lowers_the_loss(name, tmp_path):
     model = build_model(cfg, 50)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
     with SummaryWriter(str(tmp_path)) as writer:
-        history = train_model(model, optimizer, data, cfg, writer)
+        history = train_model(model, optimizer, data, cfg, writer).history
     first, last = history[0]["train_objective"], history[-1]["train_objective"]
     assert last > first + 10, (first, last)  # in nats per image; 50 pixels start near 35 nats
 
@@ -37,7 +37,7 @@ def test_training_on_a_tiny_set_lowers_the_loss(name, tmp_path):
 EXPECTED_FIELDS = {
     "status", "model", "layers", "batch_norm", "warmup_epochs", "likelihood", "dataset", "epochs", "seed",
     "test_log_likelihood", "test_elbo", "train_bound", "kl_per_layer", "wall_time_s", "date", "command",
-    "device", "hostname", "git_commit", "git_dirty", "versions", "history",
+    "device", "hostname", "git_commit", "git_dirty", "versions", "history", "active_units",
 }
 
 
@@ -61,7 +61,7 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
 
     assert (run_dir / "config.yaml").read_text().count("layers: 3") == 1
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
-    assert checkpoint["epoch"] == 3 and checkpoint["config"]["layers"] == 3
+    assert checkpoint["training"]["epoch"] == 3 and checkpoint["config"]["layers"] == 3
     model = build_model(cfg, 784)
     model.load_state_dict(checkpoint["model"])
     # The checkpoint alone reproduces the estimate (batch-norm statistics included).
@@ -74,3 +74,13 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/elbo", "train/kl_weight", "kl_per_layer/z1", "eval/test_log_likelihood"} <= tags
     assert len(events.Scalars("train/loss")) == 3
+
+
+def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, tmp_path):
+    cfg = compose_config(f"data.root={synthetic_mnist}", "model=vae", "layers=2", *SMALL, "train.epochs=1",
+                         "likelihood=gaussian", "data.binarize=false", "model.min_variance=1e-3",
+                         "eval.iw_samples=16", "eval.train_subset=16", "device=cpu", "train.progress=false")
+    metrics = run(cfg, tmp_path / "run")
+    assert metrics["likelihood"] == "gaussian"
+    for key in ("test_log_likelihood", "test_elbo", "train_bound"):
+        assert torch.isfinite(torch.tensor(metrics[key]["mean"])), key

@@ -1,0 +1,251 @@
+"""Looking inside a trained hierarchy (PAPER.md §5, "Other analyses").
+
+- Active units per layer, by the paper's criterion (the KL term of a unit, averaged
+  over the data, above 0.01 nats) and by Burda et al.'s (Cov_x(E_q[z_u|x]) > 0.01).
+- One posterior sample z_i ~ q per image and layer, and its first two principal components.
+- Figures: active units, PCA of each layer's posterior coloured by digit label, KL per
+  layer against epoch, and image grids (prior samples, reconstructions).
+
+Figures are drawn on `matplotlib.figure.Figure` objects and saved by matplotlib's Agg
+renderer; pyplot and its global state are never used, so nothing here needs a display
+or leaves figures open inside a training process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
+from torchvision.utils import make_grid, save_image
+
+from .evaluate import per_image
+from .models import HierarchicalVAE, StochasticLayer
+
+ACTIVITY_THRESHOLD = 0.01  # both criteria of PAPER.md §5
+DIGITS = 10
+
+
+@dataclass
+class ActiveUnits:
+    """Activity of every latent unit, one tensor per layer from z_1 (bottom) to z_L (top)."""
+
+    kl: list[torch.Tensor]  # (d_i,) KL(q(z_u|.) || p(z_u|z_{i+1})) averaged over images, nats
+    posterior_mean_variance: list[torch.Tensor]  # (d_i,) Cov_x(E_q[z_u|x]), the variance over images
+    threshold: float = ACTIVITY_THRESHOLD
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [len(values) for values in self.kl]
+
+    def active_by_kl(self) -> list[torch.Tensor]:
+        """Per layer, which units are active by the paper's criterion (boolean mask)."""
+        return [values > self.threshold for values in self.kl]
+
+    def active_by_cov(self) -> list[torch.Tensor]:
+        """Per layer, which units are active by Burda et al.'s criterion (boolean mask)."""
+        return [values > self.threshold for values in self.posterior_mean_variance]
+
+    def counts(self) -> dict:
+        """Active units per layer by both criteria, and the layer sizes."""
+        return {
+            "layer_sizes": self.layer_sizes,
+            "kl": [int(mask.sum()) for mask in self.active_by_kl()],
+            "cov": [int(mask.sum()) for mask in self.active_by_cov()],
+        }
+
+    def to_json(self) -> dict:
+        """The counts, the threshold and every unit's value, as plain Python values."""
+        return {
+            **self.counts(),
+            "threshold": self.threshold,
+            "kl_per_unit": [values.tolist() for values in self.kl],
+            "posterior_mean_variance_per_unit": [values.tolist() for values in self.posterior_mean_variance],
+        }
+
+
+def per_layer_per_image(model: HierarchicalVAE, images: torch.Tensor, n_samples: int, memory_budget_mb: float,
+                        statistic: Callable[[StochasticLayer], torch.Tensor]) -> list[torch.Tensor]:
+    """statistic(layer) -> (B, d_i) for every layer of the traces of all images: one (N, d_i) per layer, on the CPU.
+
+    The traces come from `lvae.evaluate.per_image` (eval mode, no gradients, image
+    chunks sized by the memory budget), with n_samples samples per image.
+    """
+    def all_layers(trace) -> torch.Tensor:  # (sum_i d_i, B): per_image joins chunks on the last axis
+        return torch.cat([statistic(layer) for layer in trace.layers], dim=-1).T
+
+    values = per_image(model, images, n_samples, memory_budget_mb, all_layers)
+    return [v.cpu() for v in values.T.split(model.latent_sizes, dim=-1)]
+
+
+def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float,
+                 n_samples: int = 1) -> ActiveUnits:
+    """Per-unit activity of every layer on `images`, by both criteria of PAPER.md §5.
+
+    KL criterion (the paper): KL(q(z_u|.) || p(z_u|z_{i+1})), the analytic per-unit KL
+    of `StochasticLayer.kl_per_unit` given the sampled parents, averaged over the
+    n_samples samples of each image and over the images; active when > 0.01 nats.
+
+    Cov criterion (Burda et al.): the variance over images of E_q[z_u|x]; active when
+    > 0.01. E_q[z_u|x] is estimated by `layer.q_mean` averaged over the n_samples
+    samples of each image (one sample by default). It is exact for the first layer
+    sampled (the VAE's z_1, the LVAE's z_L); every other layer's q_mean depends on a
+    sampled parent, and the spread of those parents adds E_x[Var(q_mean|x)] / n_samples
+    to the variance, so units can look more active with few samples.
+    """
+    kl = per_layer_per_image(model, images, n_samples, memory_budget_mb,
+                             lambda layer: layer.kl_per_unit().mean(0))
+    posterior_means = per_layer_per_image(model, images, n_samples, memory_budget_mb,
+                                          lambda layer: layer.q_mean.mean(0))
+    return ActiveUnits(kl=[values.double().mean(0) for values in kl],
+                       posterior_mean_variance=[means.double().var(0) for means in posterior_means])
+
+
+def posterior_samples(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float) -> list[torch.Tensor]:
+    """One sample z_i ~ q(z_i|.) per image for every layer: a (N, d_i) tensor per layer, z_1 first."""
+    return per_layer_per_image(model, images, 1, memory_budget_mb, lambda layer: layer.z[0])
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the rows of x (N, d) on their first two principal components, and the explained-variance ratios.
+
+    The components are the top right singular vectors of the centred data. Returns
+    (N, 2) scores and (2,) fractions of the total variance. When d = 1 there is no
+    second component: its scores and ratio are zero.
+    """
+    centred = x.double() - x.double().mean(0)
+    _, singular_values, components = torch.linalg.svd(centred, full_matrices=False)
+    kept = min(2, len(components))
+    scores = centred.new_zeros(len(x), 2)
+    scores[:, :kept] = centred @ components[:kept].T
+    variances = singular_values.square()
+    ratios = centred.new_zeros(2)
+    if variances.sum() > 0:
+        ratios[:kept] = variances[:kept] / variances.sum()
+    return scores.float(), ratios.float()
+
+
+@torch.no_grad()
+def reconstruction_rows(model: HierarchicalVAE, images: torch.Tensor, images_per_row: int) -> torch.Tensor:
+    """Rows of `images_per_row` images, each followed by a row of their reconstructions: (2N, D).
+
+    A reconstruction is E[x | z_1] with z_1 ~ q(z_1|x). N is len(images) rounded down
+    to whole rows (one shorter row when there are fewer images than a row holds).
+    """
+    model.eval()
+    per_row, pixels = min(images_per_row, len(images)), images.shape[1]
+    images = images[: len(images) // per_row * per_row]
+    reconstructions = model.generative.mean_image(model(images, 1).layers[0].z[0])
+    rows = torch.stack([images.reshape(-1, per_row, pixels), reconstructions.reshape(-1, per_row, pixels)], dim=1)
+    return rows.reshape(-1, pixels)
+
+
+def to_grid(images: torch.Tensor, images_per_row: int) -> torch.Tensor:
+    """Flattened square images (N, D) as one (3, H, W) grid with values in [0, 1]."""
+    side = math.isqrt(images.shape[1])
+    if side * side != images.shape[1]:
+        raise ValueError(f"images of {images.shape[1]} pixels are not square")
+    tiles = images.detach().float().cpu().reshape(-1, 1, side, side).clamp(0, 1)
+    return make_grid(tiles, nrow=images_per_row, padding=2, pad_value=0.5)
+
+
+def image_grid(images: torch.Tensor, path: Path, images_per_row: int = 10, scale: int = 2) -> None:
+    """Save flattened square images (N, D) as one PNG grid, each pixel drawn as scale x scale pixels."""
+    grid = to_grid(images, images_per_row)
+    save_image(grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2), path)
+
+
+def layer_names(n_layers: int) -> list[str]:
+    return [f"z{i}" for i in range(1, n_layers + 1)]
+
+
+def plot_active_units(results_by_run: dict[str, ActiveUnits], path: Path) -> None:
+    """Bar plot of active units per layer, one panel per criterion, one bar per run in each layer's group.
+
+    A hollow bar behind each count shows the layer's size.
+    """
+    n_layers = max(len(result.layer_sizes) for result in results_by_run.values())
+    width = 0.8 / len(results_by_run)
+    figure = Figure(figsize=(max(9.0, 2.0 + 0.9 * n_layers * len(results_by_run)), 4.5), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    criteria = [("kl", "KL(q‖p) per unit > 0.01 nats (paper)"),
+                ("cov", "Cov$_x$(E$_q$[z$_u$|x]) > 0.01 (Burda et al.)")]
+    for ax, (criterion, title) in zip(axes, criteria):
+        for r, (name, result) in enumerate(results_by_run.items()):
+            offset = (r - (len(results_by_run) - 1) / 2) * width
+            positions = [i + offset for i in range(len(result.layer_sizes))]
+            ax.bar(positions, result.layer_sizes, width, fill=False, edgecolor=f"C{r}", linestyle=":")
+            bars = ax.bar(positions, result.counts()[criterion], width, color=f"C{r}", alpha=0.85, label=name)
+            ax.bar_label(bars, fontsize=9)
+        ax.set_xticks(range(n_layers), layer_names(n_layers))
+        ax.set_xlabel("stochastic layer (z1 = bottom)")
+        ax.set_title(title)
+    axes[0].set_ylabel("active units")
+    axes[0].legend(title="run (dotted outline: layer size)")
+    figure.suptitle("Active units per layer", fontsize=14)
+    figure.savefig(path, dpi=120)
+
+
+def plot_pca(samples_by_run: dict[str, list[torch.Tensor]], labels: torch.Tensor, path: Path) -> None:
+    """Grid of scatter plots: rows = runs, columns = layers, the first two PCs of z_i ~ q coloured by digit.
+
+    samples_by_run: per run, one (N, d_i) tensor of posterior samples per layer
+    (`posterior_samples`); labels: (N,) digit labels of the same images.
+    """
+    n_layers = max(len(samples) for samples in samples_by_run.values())
+    figure = Figure(figsize=(3.2 * n_layers + 1.2, 3.3 * len(samples_by_run) + 0.6), layout="constrained")
+    axes = figure.subplots(len(samples_by_run), n_layers, squeeze=False)
+    colours = matplotlib.colormaps["tab10"]
+    point_size = min(20.0, max(3.0, 8000 / len(labels)))  # smaller points for denser plots
+    for row, (name, samples) in zip(axes, samples_by_run.items()):
+        for i, ax in enumerate(row):
+            if i >= len(samples):
+                ax.set_axis_off()
+                continue
+            scores, ratios = pca_2d(samples[i])
+            points = ax.scatter(scores[:, 0].numpy(), scores[:, 1].numpy(), c=labels.cpu().numpy(), cmap=colours,
+                                vmin=-0.5, vmax=DIGITS - 0.5, s=point_size, alpha=0.7, linewidths=0)
+            ax.set_title(f"{name} z{i + 1}\nd={samples[i].shape[1]}, explained variance "
+                         f"PC1 {ratios[0]:.0%}, PC2 {ratios[1]:.0%}", fontsize=9)
+            ax.set_xlabel("PC1")
+            ax.set_ylabel("PC2")
+            ax.tick_params(labelsize=7)
+    figure.colorbar(points, ax=axes, ticks=range(DIGITS), label="digit label", shrink=0.6, aspect=30, pad=0.01)
+    figure.suptitle("First two principal components of posterior samples z$_i$ ~ q, test images", fontsize=13)
+    figure.savefig(path, dpi=110)
+
+
+def plot_kl_history(history_by_run: dict[str, list[dict]], path: Path) -> None:
+    """KL(q||p) per layer against epoch, one panel per run (metrics.json's `history[*]["kl_per_layer"]`).
+
+    The KL is the training-time average over each epoch's batches, on a log scale; a
+    dashed line marks the first epoch whose KL weight is 1 when warm-up was used.
+    """
+    figure = Figure(figsize=(5.5 * len(history_by_run) + 0.5, 4.2), layout="constrained")
+    axes = figure.subplots(1, len(history_by_run), sharey=True, squeeze=False)[0]
+    for ax, (name, history) in zip(axes, history_by_run.items()):
+        epochs = [record["epoch"] for record in history]
+        kl = torch.tensor([record["kl_per_layer"] for record in history])  # (epochs, L)
+        marker = "o" if len(epochs) < 30 else None
+        for i, layer in enumerate(layer_names(kl.shape[1])):
+            ax.plot(epochs, kl[:, i].numpy(), marker=marker, markersize=3, color=f"C{i}", label=layer)
+        if history[0]["kl_weight"] < 1:
+            warm = next((record["epoch"] for record in history if record["kl_weight"] >= 1), None)
+            if warm is not None:
+                ax.axvline(warm, color="grey", linestyle="--", linewidth=1, label="KL weight reaches 1")
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(3.0,)))  # labels at 1, 3, 10, 30, ...
+        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("KL per layer (nats, training batches)")
+    figure.suptitle("KL(q‖p) per layer during training", fontsize=13)
+    figure.savefig(path, dpi=120)

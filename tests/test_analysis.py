@@ -1,0 +1,151 @@
+"""Looking inside the hierarchy: active units, PCA, and the analysis command on a tiny run."""
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from lvae.analysis import active_units, pca_2d, posterior_samples
+from lvae.analyze import log_to_tensorboard, main
+from lvae.data import ImageData
+from lvae.models import build_model
+from lvae.train import run
+
+from .conftest import compose_config
+from .linear_gaussian import set_head
+
+D = 20
+LATENT_SIZES = [4, 3]
+INACTIVE = [{1, 3}, {0}]  # per layer, the units whose posterior is their prior
+INFORMATIVE_VARIANCE = 0.05
+NO_INFORMATION_VARIANCE = 1e6  # an LVAE upward term this wide leaves q(z_1|.) = p(z_1|z_2) in effect
+
+
+def set_units(head, inactive: set[int], inactive_variance: float, generator: torch.Generator) -> None:
+    """Inactive units: mean 0, the given constant variance; the others: a strong random mean, small variance."""
+    active = torch.tensor([u not in inactive for u in range(head.mean.out_features)])
+    weight = 10.0 * torch.randn(head.mean.weight.shape, generator=generator) * active[:, None]
+    variance = torch.where(active, INFORMATIVE_VARIANCE, inactive_variance)
+    set_head(head, weight, torch.zeros(len(active)), variance)
+
+
+def model_with_inactive_units(name: str):
+    """A 2-layer model in which exactly the units of INACTIVE have q = p (up to 1e-6 for the LVAE's z_1)."""
+    cfg = compose_config(f"model={name}", "layers=2", "batch_norm=false", "model.hidden_sizes=[16,12]",
+                         f"model.latent_sizes=[{LATENT_SIZES[0]},{LATENT_SIZES[1]}]")
+    model = build_model(cfg, D).eval()
+    generator = torch.Generator().manual_seed(0)
+    # p(z_1|z_2) is N(0, 1) for the inactive units of z_1; p(z_2) is N(0, I).
+    set_units(model.generative.priors[0].head, INACTIVE[0], 1.0, generator)
+    if name == "vae":  # q(z_1|x), q(z_2|z_1): equal to the prior for the inactive units
+        heads, inactive_variances = [encoder.head for encoder in model.encoders], [1.0, 1.0]
+    else:  # z_1: precision-weighted with a flat upward term; z_2: the upward term is q
+        heads, inactive_variances = model.upward_heads, [NO_INFORMATION_VARIANCE, 1.0]
+    for head, inactive, variance in zip(heads, INACTIVE, inactive_variances):
+        set_units(head, inactive, variance, generator)
+    return model
+
+
+@pytest.mark.parametrize("name", ["vae", "lvae"])
+def test_active_units_are_exactly_the_informative_ones(name):
+    torch.manual_seed(0)
+    model = model_with_inactive_units(name)
+    images = torch.bernoulli(torch.full((256, D), 0.5))
+    result = active_units(model, images, memory_budget_mb=0.01)  # several chunks
+
+    expected = [set(range(size)) - inactive for size, inactive in zip(LATENT_SIZES, INACTIVE)]
+    assert result.layer_sizes == LATENT_SIZES
+    for masks in (result.active_by_kl(), result.active_by_cov()):
+        assert [set(mask.nonzero().flatten().tolist()) for mask in masks] == expected
+    assert result.counts() == {"layer_sizes": LATENT_SIZES, "kl": [2, 2], "cov": [2, 2]}
+    for values in (result.kl, result.posterior_mean_variance):
+        inactive_values = torch.cat([layer[sorted(units)] for layer, units in zip(values, INACTIVE)])
+        assert inactive_values.abs().max() < 1e-5  # far below the threshold, not just under it
+
+
+def test_posterior_samples_have_one_row_per_image_and_layer_sizes_as_columns():
+    model = model_with_inactive_units("lvae")
+    samples = posterior_samples(model, torch.bernoulli(torch.full((50, D), 0.5)), memory_budget_mb=0.01)
+    assert [s.shape for s in samples] == [(50, 4), (50, 3)]
+
+
+def test_pca_recovers_the_dominant_direction():
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(6, generator=generator), dim=0)
+    strength = 3.0 * torch.randn(500, generator=generator)
+    x = strength[:, None] * direction + 0.1 * torch.randn(500, 6, generator=generator) + 5.0
+
+    scores, ratios = pca_2d(x)
+    assert scores.shape == (500, 2) and ratios.shape == (2,)
+    assert torch.corrcoef(torch.stack([scores[:, 0], strength]))[0, 1].abs() > 0.999
+    assert ratios[0] > 0.95 and ratios[1] < 0.02 and ratios.sum() <= 1 + 1e-6
+    assert scores.mean(0).abs().max() < 1e-4, "scores of centred data"
+
+
+def test_pca_of_a_single_unit_has_a_zero_second_component():
+    scores, ratios = pca_2d(torch.randn(40, 1))
+    assert scores.shape == (40, 2) and (scores[:, 1] == 0).all()
+    torch.testing.assert_close(ratios, torch.tensor([1.0, 0.0]))
+
+
+def test_tensorboard_gets_sample_images_and_active_unit_scalars(tmp_path):
+    images = torch.bernoulli(torch.full((32, 25), 0.5))  # 5 x 5 pixels: the grids need square images
+    model = build_model(compose_config("model=vae", "layers=2", "model.hidden_sizes=[16,12]",
+                                       "model.latent_sizes=[4,3]"), images.shape[1])
+    data = ImageData(images, torch.zeros(32), images, torch.zeros(32), binarize=True)
+    with SummaryWriter(str(tmp_path)) as writer:
+        result = log_to_tensorboard(writer, model, data, step=3, memory_budget_mb=1, n_images=16)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"samples", "reconstructions"} <= set(events.Tags()["images"])
+    assert {"active_units_kl/z1", "active_units_kl/z2", "active_units_cov/z2"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("active_units_kl/z1")[0].value == result.counts()["kl"][0]
+
+
+def test_analysis_command_writes_every_figure_and_the_active_units(synthetic_mnist, tmp_path, capsys):
+    run_dirs = []
+    for name, layers in (("vae", 2), ("lvae", 3)):
+        cfg = compose_config(f"data.root={synthetic_mnist}", f"model={name}", f"layers={layers}",
+                             "model.hidden_sizes=[32,16,8]", "model.latent_sizes=[8,4,2]", "train.epochs=2",
+                             "train.batch_size=32", "warmup_epochs=1", "eval.iw_samples=4", "eval.train_subset=16",
+                             "eval.memory_budget_mb=1", "device=cpu", "train.progress=false")
+        run(cfg, tmp_path / name)
+        run_dirs.append(tmp_path / name)
+
+    main([str(d) for d in run_dirs] + ["--test-subset", "20", "--device", "cpu"])
+
+    out = tmp_path / "analysis"  # beside the first run, for several runs
+    names = {"VAE+BN+WU1 L2": "VAE+BN+WU1_L2", "LVAE+BN+WU1 L3": "LVAE+BN+WU1_L3"}
+    figures = ["active_units.png", "pca.png", "kl_per_layer.png"]
+    figures += [f"{kind}_{stem}.png" for stem in names.values() for kind in ("samples", "reconstructions")]
+    for figure in figures:
+        assert (out / figure).stat().st_size > 1000, figure
+    summary = json.loads((out / "analysis.json").read_text())
+    assert summary["test_images"] == 20 and set(summary["runs"]) == set(names)
+    for run_name, layers in zip(names, (2, 3)):
+        result = summary["runs"][run_name]
+        assert result["layer_sizes"] == [8, 4, 2][:layers]
+        assert len(result["kl"]) == len(result["cov"]) == layers
+        assert all(0 <= count <= size for count, size in zip(result["kl"], result["layer_sizes"]))
+        assert [len(units) for units in result["kl_per_unit"]] == result["layer_sizes"]
+    table = capsys.readouterr().out
+    assert "| run | z1 | z2 | z3 |" in table and "| VAE+BN+WU1 L2 |" in table
+
+    main([str(run_dirs[0]), "--test-subset", "8", "--device", "cpu"])  # one run: into its own folder
+    assert (run_dirs[0] / "pca.png").exists() and (run_dirs[0] / "analysis.json").exists()
+
+
+@pytest.mark.parametrize("checkpoint", [None, b"not a checkpoint"], ids=["missing", "unreadable"])
+def test_a_run_dir_without_a_usable_checkpoint_stops_with_one_line_naming_it(checkpoint, tmp_path, capsys):
+    OmegaConf.save(compose_config("layers=1"), tmp_path / "config.yaml")
+    if checkpoint is not None:
+        (tmp_path / "checkpoint.pt").write_bytes(checkpoint)
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path), "--device", "cpu"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "checkpoint.pt" in error and "\n" not in error
+    assert checkpoint is not None or "config.yaml" not in error, "names only what is missing"
