@@ -12,15 +12,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, register_configs
+# CONFIG_DIR is absolute, so that the same configs serve `python train.py` and the console
+# script (the package is installed in editable mode from this repository).
+from .config import CONFIG_DIR, ConfigError  # importing lvae.config registers the schema
 from .data import DatasetError
 from .train import RunFailed, RunInterrupted, run
 
 log = logging.getLogger(__name__)
-register_configs()
-# An absolute path, so that the same configs serve `python train.py` and the console
-# script (the package is installed in editable mode from this repository).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

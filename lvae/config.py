@@ -8,12 +8,14 @@ express and names the key and the allowed values in its message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 MAX_LAYERS = 5
 MODEL_NAMES = ("vae", "lvae")
 DEVICES = ("auto", "cpu", "cuda")
@@ -92,6 +94,14 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The run config for these overrides, composed as `python train.py` would (for tests and scripts)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 class ConfigError(ValueError):

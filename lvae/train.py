@@ -208,6 +208,18 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
     return state
 
 
+def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
+    """The stored metrics when run_dir holds this very run (training and evaluation) completed."""
+    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
+    if not (metrics_path.exists() and config_path.exists()):
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    stored = OmegaConf.to_container(OmegaConf.load(config_path))
+    same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
+            and stored["eval"] == OmegaConf.to_container(cfg.eval))
+    return metrics if same and metrics.get("status") == "completed" else None
+
+
 def _status(run_dir: Path, status: str, **fields) -> None:
     write_json(run_dir / "metrics.json", {"status": status, **fields})
 
@@ -218,13 +230,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.json"
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    if checkpoint is not None and metrics_path.exists() and (run_dir / "config.yaml").exists():
-        metrics = json.loads(metrics_path.read_text())
-        stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-        if (metrics.get("status") == "completed" and not run_differences(stored, cfg)
-                and stored["train"]["epochs"] == cfg.train.epochs and stored["eval"] == OmegaConf.to_container(cfg.eval)):
-            log.info("run already complete in %s\n%s", run_dir, format_run(metrics))
-            return metrics
+    finished = _finished_metrics(run_dir, cfg) if checkpoint is not None else None
+    if finished is not None:
+        log.info("run already complete in %s\n%s", run_dir, format_run(finished))
+        return finished
     if 0 < cfg.train.epochs < cfg.warmup_epochs:
         log.warning("warmup_epochs=%d > train.epochs=%d: the KL weight ends at %.2f, so the bounds "
                     "are not those of the model's real objective.", cfg.warmup_epochs, cfg.train.epochs,
@@ -232,6 +241,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    origin = provenance(device)  # at the start: the code that runs is the code checked out now
     data = load_dataset(cfg.data, device)
     model = build_model(cfg, data.dim).to(device)
     tc = cfg.train
@@ -274,6 +284,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                            for key in ("test_log_likelihood", "test_elbo", "train_bound")},
                            run_name=".")
 
+    evaluate_seconds = time.perf_counter() - started
     metrics = {
         "status": "completed",
         "model": cfg.model.name,
@@ -285,9 +296,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "epochs": tc.epochs,
         "seed": cfg.seed,
         **results,
-        "wall_time_s": {"train": state.train_seconds, "evaluate": time.perf_counter() - started,
-                        "total": state.train_seconds + time.perf_counter() - started},
-        **provenance(device),
+        "wall_time_s": {"train": state.train_seconds, "evaluate": evaluate_seconds,
+                        "total": state.train_seconds + evaluate_seconds},
+        **origin,
         "history": state.history,
     }
     write_json(metrics_path, metrics)

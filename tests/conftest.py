@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
-import lvae.config  # noqa: F401  (registers the schema)
+from lvae.config import compose_config  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = str(REPO / "configs")
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

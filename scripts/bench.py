@@ -1,0 +1,255 @@
+"""Benchmark training and K=5000 evaluation against the device's own matmul rate.
+
+    python scripts/bench.py [--device auto] [--eval-images 64] [--naive-images 8]
+
+Prints, for a 5-layer LVAE and VAE with batch norm:
+- training: steps/s and images/s at batch 256, and the model's FLOP rate as a
+  fraction of the dense matmul rate measured on the same layer shapes;
+- evaluation: (images x importance samples)/s at K = 5000 and its fraction of the
+  matmul rate, peak memory against the budget, the time for K = 100, 1000, 5000
+  and for 1 to 5 layers, and the projected time of the full 10,000-image test set;
+- a naive evaluator (one image at a time, every sample through the whole model in
+  mini-batches of 100, as common implementations do): its speed, our speed-up and
+  the two estimates side by side.
+
+FLOPs are counted from the layer shapes: every nn.Linear call costs
+2 x rows x in x out (forward hooks record the rows); a training step costs three
+times its forward matmuls (backward: gradients of inputs and of weights). The
+element-wise work (batch norm, activations, densities) is not counted: the
+fractions say how close the whole step comes to pure matmul speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lvae.config import compose_config, resolve_device  # noqa: E402
+from lvae.data import ImageData  # noqa: E402
+from lvae.evaluate import iw_log_likelihood  # noqa: E402
+from lvae.models import HierarchicalVAE, build_model  # noqa: E402
+from lvae.objectives import log_importance_weights  # noqa: E402
+from lvae.train import train_model  # noqa: E402
+
+BATCH = 256
+IMAGE_DIM = 784
+TEST_SET = 10_000
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class MatmulShapes:
+    """Records (rows, in, out) of every nn.Linear call while active."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.shapes, self.handles = model, Counter(), []
+
+    def __enter__(self):
+        for module in self.model.modules():
+            if isinstance(module, nn.Linear):
+                self.handles.append(module.register_forward_hook(self._record))
+        return self
+
+    def _record(self, module: nn.Linear, inputs, output) -> None:
+        rows = inputs[0].numel() // module.in_features
+        self.shapes[(rows, module.in_features, module.out_features)] += 1
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    @property
+    def flops(self) -> float:
+        return sum(2 * r * i * o * n for (r, i, o), n in self.shapes.items())
+
+
+def matmul_rate(shapes: Counter, device: torch.device, repeats: int = 3) -> float:
+    """FLOP/s of torch.mm on exactly these shapes, weighted as the model uses them."""
+    total_flops, total_seconds = 0.0, 0.0
+    for (rows, n_in, n_out), count in shapes.items():
+        a = torch.randn(rows, n_in, device=device)
+        b = torch.randn(n_in, n_out, device=device)
+        torch.mm(a, b)  # warm-up
+        seconds = min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
+        total_flops += 2 * rows * n_in * n_out * count
+        total_seconds += seconds * count
+    return total_flops / total_seconds
+
+
+def paper_model(name: str, layers: int, device: torch.device) -> HierarchicalVAE:
+    cfg = compose_config(f"model={name}", f"layers={layers}", "batch_norm=true")
+    return build_model(cfg, IMAGE_DIM).to(device)
+
+
+def random_binary_images(n: int, device: torch.device) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, IMAGE_DIM), 0.13, device=device))
+
+
+def bench_training(name: str, device: torch.device, steps: int) -> dict:
+    """The real training loop (lvae.train.train_model) for `steps` steps of batch 256."""
+    torch.manual_seed(0)
+    model = paper_model(name, 5, device)
+    cfg = compose_config(f"model={name}", "layers=5", "train.epochs=1", "train.progress=false", "warmup_epochs=0")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
+    images = random_binary_images(BATCH * steps, device)
+    data = ImageData(images, torch.zeros(len(images)), images[:BATCH], torch.zeros(BATCH), binarize=True)
+    with tempfile.TemporaryDirectory() as tmp, SummaryWriter(tmp) as writer:
+        warmup = ImageData(images[: BATCH * 2], torch.zeros(BATCH * 2), images[:BATCH], torch.zeros(BATCH), True)
+        train_model(model, optimizer, warmup, cfg, writer)
+        seconds = timed(lambda: train_model(model, optimizer, data, cfg, writer), device)
+    with MatmulShapes(model) as shapes:
+        model(images[:BATCH])
+    flops_per_step = 3 * shapes.flops
+    rate = matmul_rate(shapes.shapes, device)
+    return {"steps_per_s": steps / seconds, "images_per_s": steps * BATCH / seconds,
+            "ms_per_step": 1000 * seconds / steps, "model_flops": flops_per_step * steps / seconds,
+            "matmul_flops": rate}
+
+
+def peak_memory_tracker(device: torch.device):
+    """(reset, read) of peak memory in bytes: CUDA allocator, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return (lambda: torch.cuda.reset_peak_memory_stats(device), lambda: torch.cuda.max_memory_allocated(device))
+
+    def reset() -> None:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+    def read() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    return reset, read
+
+
+def eval_flops(model: HierarchicalVAE, images: torch.Tensor, k: int) -> float:
+    """FLOPs of an evaluation of `images` with k samples: per-image work once, per-sample work k times."""
+    with torch.no_grad(), MatmulShapes(model) as per_image:
+        context = model.encode(images[:1])
+    with torch.no_grad(), MatmulShapes(model) as per_sample:
+        model(images[:1], 1, context=context)
+    return len(images) * (per_image.flops + k * per_sample.flops)
+
+
+def bench_evaluation(name: str, device: torch.device, n_images: int, budget_mb: int) -> dict:
+    torch.manual_seed(0)
+    model = paper_model(name, 5, device).eval()
+    images = random_binary_images(n_images, device)
+    iw_log_likelihood(model, images[:2], 500, budget_mb)  # warm-up
+    reset, read = peak_memory_tracker(device)
+    baseline = read() if device.type == "cuda" else None
+    reset()
+    before = read()
+    seconds = timed(lambda: iw_log_likelihood(model, images, 5000, budget_mb), device)
+    peak = read() - (baseline if baseline is not None else before)
+    with torch.no_grad(), MatmulShapes(model) as shapes:
+        model(images[:4], 5000 // 4)  # representative chunk shapes
+    return {"pairs_per_s": n_images * 5000 / seconds, "seconds": seconds,
+            "model_flops": eval_flops(model, images, 5000) / seconds,
+            "matmul_flops": matmul_rate(shapes.shapes, device), "peak_bytes": peak,
+            "full_test_minutes": TEST_SET * 5000 / (n_images * 5000 / seconds) / 60}
+
+
+@torch.no_grad()
+def naive_iw_log_likelihood(model: HierarchicalVAE, images: torch.Tensor, k: int, batch: int = 100) -> torch.Tensor:
+    """The common way: one image at a time, its samples in mini-batches through the whole model."""
+    estimates = []
+    for x in images:
+        log_w = torch.cat([log_importance_weights(model(x.expand(min(batch, k - s), -1), 1))[0]
+                           for s in range(0, k, batch)])
+        estimates.append(log_w.double().logsumexp(0) - math.log(k))
+    return torch.stack(estimates)
+
+
+def bench_naive(device: torch.device, n_images: int, budget_mb: int) -> dict:
+    torch.manual_seed(0)
+    model = paper_model("lvae", 5, device).eval()
+    images = random_binary_images(n_images, device)
+    naive, ours = [], []
+    torch.manual_seed(1)
+    naive_seconds = timed(lambda: naive.append(naive_iw_log_likelihood(model, images, 5000)), device)
+    torch.manual_seed(1)
+    our_seconds = timed(lambda: ours.append(iw_log_likelihood(model, images, 5000, budget_mb)), device)
+    with torch.no_grad():
+        log_w = log_importance_weights(model(images, 5000)).double()
+    # Monte Carlo standard error of each estimate (delta method on the mean weight).
+    weights = (log_w - log_w.logsumexp(0)).exp() * 5000
+    stderr = (weights.std(0) / math.sqrt(5000)).mean().item()
+    return {"naive_seconds": naive_seconds, "our_seconds": our_seconds, "speedup": naive_seconds / our_seconds,
+            "naive": naive[0].mean().item(), "ours": ours[0].mean().item(), "stderr": stderr}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--eval-images", type=int, default=64)
+    parser.add_argument("--naive-images", type=int, default=8)
+    parser.add_argument("--memory-budget-mb", type=int, default=1024)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"lvae benchmark on {device} ({name}), torch {torch.__version__}\n")
+
+    print("Training, 5 layers, batch norm, batch 256 (the real training loop):")
+    for model_name in ("lvae", "vae"):
+        r = bench_training(model_name, device, args.train_steps)
+        print(f"  {model_name.upper():4s} {r['steps_per_s']:7.1f} steps/s  {r['images_per_s']:8.0f} images/s  "
+              f"{r['ms_per_step']:6.2f} ms/step  model {r['model_flops'] / 1e9:7.1f} GFLOP/s = "
+              f"{r['model_flops'] / r['matmul_flops']:.0%} of matmul on the same shapes "
+              f"({r['matmul_flops'] / 1e9:.1f} GFLOP/s)")
+
+    print(f"\nEvaluation, K=5000, {args.eval_images} images, memory budget {args.memory_budget_mb} MB:")
+    for model_name in ("lvae", "vae"):
+        r = bench_evaluation(model_name, device, args.eval_images, args.memory_budget_mb)
+        print(f"  {model_name.upper():4s} {r['pairs_per_s']:9.0f} (image x sample)/s  model "
+              f"{r['model_flops'] / 1e9:6.1f} GFLOP/s = {r['model_flops'] / r['matmul_flops']:.0%} of matmul "
+              f"({r['matmul_flops'] / 1e9:.1f} GFLOP/s)  peak memory {r['peak_bytes'] / 2**20:6.0f} MB  "
+              f"full test set (10,000 images): {r['full_test_minutes']:.1f} min (projected)")
+
+    print("\nEvaluation time against K (LVAE, 5 layers, per image):")
+    model = paper_model("lvae", 5, device).eval()
+    images = random_binary_images(16, device)
+    for k in (100, 1000, 5000):
+        seconds = timed(lambda: iw_log_likelihood(model, images, k, args.memory_budget_mb), device)
+        print(f"  K={k:5d}  {1000 * seconds / len(images):8.2f} ms/image")
+    print("\nEvaluation time against layers (LVAE, K=5000, per image):")
+    for layers in range(1, 6):
+        model = paper_model("lvae", layers, device).eval()
+        seconds = timed(lambda: iw_log_likelihood(model, images, 5000, args.memory_budget_mb), device)
+        print(f"  L={layers}  {1000 * seconds / len(images):8.2f} ms/image")
+
+    r = bench_naive(device, args.naive_images, args.memory_budget_mb)
+    print(f"\nNaive evaluator (one image at a time, samples in batches of 100), LVAE L5, K=5000, "
+          f"{args.naive_images} images:")
+    print(f"  naive {r['naive_seconds']:.2f} s, ours {r['our_seconds']:.2f} s: speed-up x{r['speedup']:.1f}")
+    print(f"  estimates (mean log p(x)): naive {r['naive']:.3f}, ours {r['ours']:.3f}, difference "
+          f"{abs(r['naive'] - r['ours']):.3f} (Monte Carlo standard error per image about {r['stderr']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
