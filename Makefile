@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install first (override for another CUDA/CPU build).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
+# make reproduce: a preset of configs/experiment/, a budget of configs/budget/, runs per cell (seeds 0..N-1).
+EXPERIMENT ?= fig3
+BUDGET ?= paper
+SEEDS ?= 1
 
-.PHONY: install test demo train tensorboard clean
+.PHONY: install test demo train reproduce tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +32,14 @@ demo: install
 # One run with Hydra overrides: make train ARGS="model=vae layers=3 train.epochs=10"
 train: install
 	$(PY) train.py $(ARGS)
+
+# The paper's Figure 3 (or EXPERIMENT=table1) in one command: prints the estimated wall time, runs
+# the sweep into outputs/$(EXPERIMENT)-$(BUDGET)/ (finished runs are skipped, interrupted ones resume),
+# then writes results.md, results.csv and fig3.png there, also when runs failed (and then exits 1).
+#   make reproduce BUDGET=quick                                   # about 47 min on 2 CPU cores
+#   make reproduce SEEDS=3 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
+reproduce: install
+	$(PY) -m lvae.reproduce --experiment $(EXPERIMENT) --budget $(BUDGET) --seeds $(SEEDS) $(ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs

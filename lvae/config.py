@@ -20,7 +20,8 @@ MAX_LAYERS = 5
 MODEL_NAMES = ("vae", "lvae")
 DEVICES = ("auto", "cpu", "cuda")
 LIKELIHOODS = ("bernoulli", "gaussian")
-DATASETS = ("mnist",)
+DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "omniglot")
+BINARY_DATASETS = ("binarized_mnist",)  # stored as 0/1 pixels: Bernoulli output needs no data.binarize
 
 
 @dataclass
@@ -39,7 +40,9 @@ class DataConfig:
     root: str = MISSING
     download: bool = True
     binarize: bool = True
-    binarization_seed: int = 0  # the test set is binarized once, with this seed
+    binarization_seed: int = 0  # the test set is binarized (or dequantized) once, with this seed
+    dequantize: bool = False  # x = (pixel + u) / 256, u ~ U(0,1) fresh each batch: continuous data, bits/dim
+    merge_valid: bool = False  # binarized_mnist: train on train+valid (60,000) instead of train (50,000)
     train_subset: Optional[int] = None  # first N training images (None = all)
 
 
@@ -51,6 +54,7 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-4
     grad_clip_norm: float = 4.0
+    lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay**e; 1 = constant
     iw_samples: int = 1  # K of the importance-weighted bound (1 = ELBO)
     mc_samples: int = 1  # Monte Carlo samples averaged per image
     checkpoint_every: int = 10  # epochs between checkpoints (one is always written at the end)
@@ -79,6 +83,8 @@ class Config:
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None  # a run directory to continue (default: the run's own directory)
+    init_from: Optional[str] = None  # a completed run directory whose final weights start training (fine-tuning)
+    budget_name: Optional[str] = None  # the budget preset (configs/budget/) that set epochs and evaluation, if any
 
 
 def run_dir_name(override_dirname: str) -> str:
@@ -129,6 +135,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.adam_eps": (_positive, "a number > 0"),
     "train.adam_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "train.grad_clip_norm": (_positive, "a number > 0"),
+    "train.lr_decay": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = constant learning rate)"),
     "train.iw_samples": (_positive, "an integer > 0"),
     "train.mc_samples": (_positive, "an integer > 0"),
     "train.checkpoint_every": (_positive, "an integer > 0"),
@@ -152,11 +159,18 @@ def validate(cfg: DictConfig) -> None:
                 f"{key}={list(sizes)} does not fit layers={cfg.layers}: "
                 f"{key} must list at least {cfg.layers} sizes, all > 0."
             )
-    if cfg.likelihood == "bernoulli" and not cfg.data.binarize:
+    binary_data = cfg.data.binarize or cfg.data.name in BINARY_DATASETS
+    if cfg.likelihood == "bernoulli" and not binary_data:
         raise ConfigError(
             "likelihood=bernoulli needs binary data: set data.binarize=true, "
             "or likelihood=gaussian for continuous pixels."
         )
+    if cfg.data.dequantize and binary_data:
+        raise ConfigError(f"data.dequantize=true is for 256-level pixels: it needs data.binarize=false and "
+                          f"data other than {', '.join(BINARY_DATASETS)} (data={cfg.data.name}).")
+    if cfg.data.merge_valid and cfg.data.name != "binarized_mnist":
+        raise ConfigError(f"data.merge_valid=true needs data=binarized_mnist (the only dataset with a "
+                          f"validation split), not data={cfg.data.name}.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,7 +186,7 @@ def resolve_device(name: str) -> torch.device:
 # may change them. Everything else defines the run (train.epochs may grow: training
 # then continues from the last checkpoint).
 NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.epochs", "eval", "device", "resume",
-                    "data.root", "data.download")
+                    "data.root", "data.download", "budget_name")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -192,7 +206,12 @@ def run_defining_values(cfg: DictConfig | dict) -> dict[str, Any]:
 
 
 def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
-    """'key: stored -> now' for every run-defining key whose value differs."""
-    old, new = run_defining_values(stored), run_defining_values(cfg)
+    """'key: stored -> now' for every run-defining key whose value differs.
+
+    A key that the stored config lacks (written before the key existed) counts with
+    its schema default, so adding a key with a neutral default keeps old runs resumable.
+    """
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    old, new = {**run_defining_values(defaults), **run_defining_values(stored)}, run_defining_values(cfg)
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import signal
 import threading
@@ -44,6 +45,7 @@ from .analyze import analyze_runs, log_to_tensorboard
 from .config import ConfigError, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
+from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from .provenance import provenance
@@ -126,6 +128,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
     epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
                   initial=state.epoch, total=tc.epochs, disable=not tc.progress)
     for epoch in epochs:
+        set_learning_rate(optimizer, tc, epoch)
         if state.order is None:  # a fresh epoch, not one resumed in its middle
             state.order, state.next_batch, state.seen = data.epoch_order(), 0, 0
             state.sums = torch.zeros(2 + model.num_layers, device=data.train.device)
@@ -250,6 +253,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if checkpoint is not None:
         state = _restore(checkpoint, cfg, checkpoint_path, model, optimizer)
         log.info("resuming %s from epoch %d, step %d", run_dir, state.epoch, state.step)
+    elif cfg.init_from:
+        load_initial_weights(model, Path(cfg.init_from))
+        log.info("starting from the final weights of %s", cfg.init_from)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -276,6 +282,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         save(state, rng_after_training)
         started = time.perf_counter()
         results = evaluate_model(model, data, cfg)
+        if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
+            for key in ("test_log_likelihood", "test_elbo", "train_bound"):
+                results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
+                results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
         for key in ("test_log_likelihood", "test_elbo", "train_bound"):
             writer.add_scalar(f"eval/{key}", results[key]["mean"], tc.epochs)
         results["active_units"] = log_to_tensorboard(writer, model, data, tc.epochs, cfg.eval.memory_budget_mb,
@@ -293,6 +303,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "warmup_epochs": cfg.warmup_epochs,
         "likelihood": cfg.likelihood,
         "dataset": cfg.data.name,
+        "dequantized": data.dequantize,
         "epochs": tc.epochs,
         "seed": cfg.seed,
         **results,

@@ -106,3 +106,23 @@ def test_prior_samples_are_images():
     model = small_model("lvae", 3).eval()
     samples = model.generative.sample(10)
     assert samples.shape == (10, D) and ((samples >= 0) & (samples <= 1)).all()
+
+
+@pytest.mark.parametrize("name", ["vae", "lvae"])
+def test_folding_batchnorm_keeps_the_function(name):
+    from lvae.evaluate import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = small_model(name, 3)
+    for x in (torch.bernoulli(torch.rand(64, D)) for _ in range(3)):  # non-trivial running statistics
+        model(x)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()), "the original is left alone"
+    x = torch.bernoulli(torch.rand(B, D))
+    torch.manual_seed(3)
+    expected = model(x, S)
+    torch.manual_seed(3)
+    actual = folded(x, S)
+    torch.testing.assert_close(actual.log_px, expected.log_px, rtol=1e-4, atol=1e-4)

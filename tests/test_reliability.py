@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import lvae.checkpoint
 import lvae.train
@@ -197,3 +198,13 @@ def test_run_comparison_sees_a_single_changed_parameter(synthetic_mnist, tmp_pat
     checkpoint["model"][key].view(-1)[0] += 1e-6
     lvae.checkpoint.save_checkpoint(tmp_path / "b" / "checkpoint.pt", **checkpoint)
     assert differences_between_runs(tmp_path / "a", tmp_path / "b") == [f"parameter {key}"]
+
+
+def test_a_config_key_added_later_keeps_old_runs_resumable():
+    from lvae.config import run_differences
+
+    cfg = compose_config(*TINY)
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["train"]["lr_decay"]  # a run written before train.lr_decay existed
+    assert run_differences(stored, cfg) == []
+    assert run_differences(stored, compose_config(*TINY, "train.lr_decay=0.5")) == ["train.lr_decay: 1.0 -> 0.5"]

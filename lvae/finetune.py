@@ -1,0 +1,58 @@
+"""Fine-tuning: a run that starts from another run's final weights, with a decaying learning rate.
+
+Two config keys drive it (lvae/config.py):
+- `init_from`: a completed run directory; a fresh run loads that run's final weights
+  (with its batch-norm statistics) and then trains `train.epochs` epochs of its own with
+  a fresh optimiser. Once the run has a checkpoint of its own, it resumes from that.
+- `train.lr_decay`: the learning rate of epoch e (counted from 0) is
+  `train.lr * train.lr_decay**e`. It is a function of the epoch alone, so a resumed run
+  sets exactly the rate an uninterrupted one had; 1 keeps the rate constant.
+
+lvae.train uses them through `load_initial_weights` (a fresh run with init_from set)
+and `set_learning_rate` (at the start of every epoch).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError
+
+
+def learning_rate(train_cfg: DictConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (counted from 0)."""
+    return train_cfg.lr * train_cfg.lr_decay**epoch
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, train_cfg: DictConfig, epoch: int) -> None:
+    """Give every parameter group the learning rate of `epoch`."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(train_cfg, epoch)
+
+
+def load_initial_weights(model: nn.Module, run_dir: Path) -> None:
+    """Load the final weights of the completed run in run_dir into model.
+
+    Raises ConfigError when run_dir holds no completed run (fine-tuning from a run still
+    training would start from whatever its last checkpoint holds), CheckpointError when
+    its checkpoint is unreadable or belongs to another architecture.
+    """
+    metrics_path = run_dir / "metrics.json"
+    status = json.loads(metrics_path.read_text()).get("status") if metrics_path.exists() else None
+    if status != "completed":
+        found = "no run there" if status is None else f"that run is {status}"
+        raise ConfigError(f"init_from={run_dir}: {found}. Fine-tuning starts from a completed run: "
+                          "run that one to the end first (see configs/experiment/table1.yaml).")
+    device = next(model.parameters()).device
+    weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError) as error:
+        raise CheckpointError(f"init_from={run_dir}: its checkpoint does not fit this model: "
+                              f"{str(error).splitlines()[0]}") from error

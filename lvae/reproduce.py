@@ -1,0 +1,173 @@
+"""Reproduce a figure or table of the paper in one command (what `make reproduce` runs).
+
+    python -m lvae.reproduce [--experiment fig3|table1] [--budget paper|quick] [--seeds N]
+                             [--dry-run] [HYDRA_OVERRIDE ...]
+
+1. Prints an estimate of the wall time on the reference machine, from the budget and
+   measured rates; runs that are already complete count zero.
+2. Runs the sweep, `python train.py -m experiment=<e> budget=<b> [seed=0,...,N-1] ...`,
+   into outputs/<e>-<b>/: a complete run returns at once, an interrupted one resumes.
+   Overrides are passed on, e.g. `hydra/launcher=joblib hydra.launcher.n_jobs=2`.
+   table1 first runs its base run, fig3's 5-layer LVAE+BN+WU (skipped when fig3 ran).
+3. Writes the report (lvae.report) into the sweep folder, also when some runs failed.
+4. Exits with 1 when a run has no result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .config import CONFIG_DIR, ConfigError, validate
+from .models import build_model
+from .report import collect_runs, write_report
+from .sweep import Job, sweep_jobs
+
+REPO_ROOT = Path(CONFIG_DIR).parent
+
+# Rates measured on the reference machine; an estimate scales them by each run's size.
+REFERENCE_MACHINE = "2 CPU cores (x86_64), torch on the CPU with 2 threads"
+SECONDS_PER_EPOCH = 9.5  # one epoch of a 5-layer VAE or LVAE over all 60,000 training images, batch 256
+IW_SAMPLES_PER_SECOND = 30_000  # (image x sample) per second of the K=5000 evaluation, 5-layer LVAE
+SECONDS_PER_RUN = 3.0  # loading the data, the end-of-run analysis and figures, checkpoints
+SECONDS_TO_START = 6.0  # importing torch and Hydra, once per sweep
+MNIST_PIXELS, MNIST_TRAIN_IMAGES, MNIST_TEST_IMAGES = 784, 60_000, 10_000
+
+# Sweeps that must run before an experiment: table1 fine-tunes fig3's 5-layer LVAE+BN+WU.
+PREREQUISITES = {"table1": ["experiment=fig3", "variant=lvae_bn_wu", "layers=5"]}
+
+
+@dataclass
+class Estimate:
+    """Seconds on the reference machine, by phase."""
+
+    train: float = 0.0
+    batch_norm: float = 0.0  # test-time batch-norm statistics: one forward pass over the training set
+    evaluate: float = 0.0  # K-sample test log-likelihood, 1-sample bounds
+    overhead: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.train + self.batch_norm + self.evaluate + self.overhead
+
+    def __add__(self, other: Estimate) -> Estimate:
+        return Estimate(self.train + other.train, self.batch_norm + other.batch_norm,
+                        self.evaluate + other.evaluate, self.overhead + other.overhead)
+
+
+def matmul_share(cfg: DictConfig) -> float:
+    """The run's dense-layer weights (its matmul work per sample) as a share of the same model with 5 layers,
+    on which the rates were measured."""
+    def weights(layers: int) -> int:
+        model = build_model(OmegaConf.merge(cfg, {"layers": layers}), MNIST_PIXELS)
+        return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return weights(cfg.layers) / weights(5)
+
+
+def estimate_run(cfg: DictConfig, epochs_done: int = 0) -> Estimate:
+    """Seconds that the run `cfg` takes on the reference machine, from epoch `epochs_done` on."""
+    share = matmul_share(cfg)
+    samples = cfg.train.mc_samples * cfg.train.iw_samples
+    train_images = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+    test_images = min(cfg.eval.test_subset or MNIST_TEST_IMAGES, MNIST_TEST_IMAGES)
+    epoch = SECONDS_PER_EPOCH * share * train_images / MNIST_TRAIN_IMAGES
+    evaluated_samples = test_images * (cfg.eval.iw_samples + 1) + cfg.eval.train_subset * samples
+    return Estimate(train=(cfg.train.epochs - epochs_done) * epoch * samples,
+                    batch_norm=epoch / 3,  # a forward pass costs about a third of a training step
+                    evaluate=evaluated_samples * share / IW_SAMPLES_PER_SECOND,
+                    overhead=SECONDS_PER_RUN)
+
+
+def trained_epochs(run_dir: Path) -> tuple[str | None, int]:
+    """A run folder's status (None: no metrics.json) and how many epochs it has trained."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None, 0
+    metrics = json.loads(path.read_text())
+    return metrics.get("status"), metrics.get("epochs", metrics.get("epoch", 0))
+
+
+def estimate_jobs(jobs: list[Job]) -> tuple[Estimate, int]:
+    """The estimate of the jobs still to run, and how many are complete already."""
+    total, complete = Estimate(overhead=SECONDS_TO_START), 0
+    for job in jobs:
+        status, epochs = trained_epochs(REPO_ROOT / job.run_dir)
+        if status == "completed" and epochs == job.config.train.epochs:
+            complete += 1
+        else:
+            total += estimate_run(job.config, epochs if status != "completed" else 0)
+    return total, complete
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours:.0f} h ({hours / 24:.1f} days)"
+
+
+def describe_estimate(estimate: Estimate, runs: int, complete: int, label: str) -> str:
+    return "\n".join([
+        f"ESTIMATE (not a measurement) for {label}: {runs} runs, {complete} of them complete already.",
+        f"  On the reference machine, {REFERENCE_MACHINE}: about {duration(estimate.total)}",
+        f"  (training {duration(estimate.train)}, batch-norm statistics {duration(estimate.batch_norm)}, "
+        f"evaluation {duration(estimate.evaluate)}, loading and analysis {duration(estimate.overhead)}).",
+        f"  From measured rates: {SECONDS_PER_EPOCH} s per 5-layer epoch over 60,000 images, "
+        f"{IW_SAMPLES_PER_SECOND:,} (image x sample)/s at K=5000;",
+        "  shallower models by their share of the matmul work. A GPU takes a small fraction of this.",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lvae.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="fig3", help="a preset of configs/experiment/ (default: fig3)")
+    parser.add_argument("--budget", default="paper", help="a budget of configs/budget/ (default: paper)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per cell with seeds 0..N-1 (default: 1)")
+    parser.add_argument("--dry-run", action="store_true", help="print the estimate and the commands, run nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. hydra/launcher=joblib")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+
+    common = [f"budget={args.budget}", *([f"seed={','.join(map(str, range(args.seeds)))}"] if args.seeds > 1 else []),
+              *args.overrides]
+    steps = [[*PREREQUISITES[args.experiment], *common]] if args.experiment in PREREQUISITES else []
+    steps.append([f"experiment={args.experiment}", *common])
+    jobs_per_step = [sweep_jobs(step) for step in steps]
+    try:  # every value is checked before anything runs
+        for job in (job for jobs in jobs_per_step for job in jobs):
+            validate(job.config)
+    except ConfigError as error:
+        parser.exit(2, f"{error}\n")
+    estimate, complete = estimate_jobs([job for jobs in jobs_per_step for job in jobs])
+    runs = sum(map(len, jobs_per_step))
+    print(describe_estimate(estimate, runs, complete, f"experiment={args.experiment} budget={args.budget}"))
+    commands = [[sys.executable, "train.py", "-m", *step] for step in steps]
+    for command in commands:
+        print("$", " ".join(command[1:]), flush=True)
+    if args.dry_run:
+        return
+
+    failed_steps = sum(subprocess.run(command, cwd=REPO_ROOT).returncode != 0 for command in commands)
+    jobs = jobs_per_step[-1]
+    sweep_dir = jobs[0].sweep_dir
+    bases = sorted({Path(job.config.init_from) for job in jobs if job.config.init_from})
+    records = collect_runs([REPO_ROOT / sweep_dir, *(REPO_ROOT / base for base in bases)])
+    for path in write_report(records, REPO_ROOT / sweep_dir):
+        print(f"wrote {path}")
+    without_result = [r for r in records if not r.completed]
+    for record in without_result:
+        print(f"no result: {record.run_dir} ({record.status})")
+    if without_result or failed_steps:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The jobs of a Hydra sweep, expanded as `python train.py -m ...` expands them, and their run folders.
+
+Hydra's basic sweeper (which the joblib and submitit launchers also use) takes the
+preset's `hydra.sweeper.params` and the command-line overrides (a command-line key
+replaces a param of the same key) and runs every combination. `sweep_jobs` repeats
+that without running anything, so that an estimate, a test or a report can see which
+runs a sweep holds; `jobs_of_sweep_dir` does it from the multirun.yaml that Hydra
+writes into every sweep folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import CONFIG_DIR
+
+
+@dataclass
+class Job:
+    """One run of a sweep."""
+
+    overrides: list[str]  # the job's overrides, as the sweeper hands them to train.py
+    sweep_dir: Path  # hydra.sweep.dir
+    run_dir: Path  # hydra.sweep.dir / hydra.sweep.subdir
+    config: DictConfig  # the run's config, without the hydra node
+
+
+def expand_overrides(overrides: Sequence[str], sweep_params: dict[str, str] | None = None) -> list[list[str]]:
+    """Each job's overrides: every combination of the sweep params and the command-line overrides."""
+    params = [f"{key}={value}" for key, value in (sweep_params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *overrides])
+    [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return jobs
+
+
+def sweep_jobs(overrides: Sequence[str], hydra_overrides: Sequence[str] = (),
+               sweep_dir: Path | None = None) -> list[Job]:
+    """The jobs of `python train.py -m <overrides> <hydra_overrides>`, composed but not run.
+
+    Run folders lie below `sweep_dir` when given (a sweep folder found on disk, which
+    may have moved), else below the config's hydra.sweep.dir.
+    """
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        sweep = compose("config", overrides=[*fixed, *hydra_overrides], return_hydra_config=True)
+        params = OmegaConf.to_container(sweep.hydra.sweeper.params) if sweep.hydra.sweeper.params else {}
+        jobs = []
+        for job_overrides in expand_overrides(overrides, params):
+            cfg = compose("config", overrides=[*job_overrides, *hydra_overrides], return_hydra_config=True)
+            folder = Path(sweep_dir) if sweep_dir is not None else Path(cfg.hydra.sweep.dir)
+            run_dir = folder / cfg.hydra.sweep.subdir
+            with open_dict(cfg):
+                del cfg["hydra"]
+            jobs.append(Job(job_overrides, folder, run_dir, cfg))
+    return jobs
+
+
+def jobs_of_sweep_dir(sweep_dir: Path) -> list[Job]:
+    """The jobs that the sweep recorded in sweep_dir/multirun.yaml asked for (the last sweep launched there)."""
+    recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+    hydra_overrides = [o for o in recorded.hydra if not o.startswith("hydra.mode=")]
+    return sweep_jobs(list(recorded.task), hydra_overrides, sweep_dir)
