@@ -10,7 +10,7 @@ EXPERIMENT ?= fig3
 BUDGET ?= paper
 SEEDS ?= 1
 
-.PHONY: install test demo train reproduce tensorboard clean
+.PHONY: install test demo train reproduce bench tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ train: install
 #   make reproduce SEEDS=3 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
 reproduce: install
 	$(PY) -m lvae.reproduce --experiment $(EXPERIMENT) --budget $(BUDGET) --seeds $(SEEDS) $(ARGS)
+
+# Training and K=5000 evaluation speed against the device's matmul rate (prints figures; a few minutes).
+bench: install
+	$(PY) scripts/bench.py
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -82,6 +82,7 @@ class Config:
     likelihood: str = "bernoulli"
     seed: int = 0
     device: str = "auto"
+    allow_tf32: bool = True  # TF32 matmuls on CUDA (the log-likelihood reduction stays in float64)
     resume: Optional[str] = None  # a run directory to continue (default: the run's own directory)
     init_from: Optional[str] = None  # a completed run directory whose final weights start training (fine-tuning)
     budget_name: Optional[str] = None  # the budget preset (configs/budget/) that set epochs and evaluation, if any
@@ -185,8 +186,8 @@ def resolve_device(name: str) -> torch.device:
 # Keys that change how a run is run or reported, not what it computes: a resumed run
 # may change them. Everything else defines the run (train.epochs may grow: training
 # then continues from the last checkpoint).
-NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.epochs", "eval", "device", "resume",
-                    "data.root", "data.download", "budget_name")
+NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.epochs", "eval", "device", "allow_tf32",
+                    "resume", "data.root", "data.download", "budget_name")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

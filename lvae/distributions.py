@@ -27,8 +27,12 @@ def gaussian_kl(
 
 
 def bernoulli_log_prob(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log Bernoulli(value; sigmoid(logits)), per unit, computed stably from logits."""
-    return -F.binary_cross_entropy_with_logits(logits, value.expand_as(logits), reduction="none")
+    """log Bernoulli(value; sigmoid(logits)) = value * logits - softplus(logits), per unit.
+
+    Stable for any logits, and `value` broadcasts without being copied to the
+    logits' shape (binary_cross_entropy_with_logits needs equal shapes).
+    """
+    return value * logits - F.softplus(logits)
 
 
 def precision_weighted_merge(

@@ -70,7 +70,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(in_features if i == 0 else width, width))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
-            layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
+            layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True))  # no extra activation buffer
         self.net = nn.Sequential(*layers)
         self.out_features = width if depth > 0 else in_features
 

@@ -244,6 +244,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     origin = provenance(device)  # at the start: the code that runs is the code checked out now
     data = load_dataset(cfg.data, device)
     model = build_model(cfg, data.dim).to(device)

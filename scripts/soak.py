@@ -39,7 +39,7 @@ def command(run_dir: Path, overrides: tuple[str, ...], epochs: int) -> list[str]
 
 def start(cmd: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def run_with_kills(cmd: list[str], kills: int, rng: random.Random, max_delay: float) -> int:
@@ -52,12 +52,12 @@ def run_with_kills(cmd: list[str], kills: int, rng: random.Random, max_delay: fl
                 process.wait(timeout=rng.uniform(1.0, max_delay))  # torch's import takes a second or two
             except subprocess.TimeoutExpired:
                 process.send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
-                process.wait()
+                process.communicate()
                 done += 1
                 continue
-        _, stderr = process.communicate()
+        output, _ = process.communicate()
         if process.returncode != 0:
-            raise SystemExit(f"run failed (exit {process.returncode}): {' '.join(cmd)}\n{stderr[-2000:]}")
+            raise SystemExit(f"run failed (exit {process.returncode}): {' '.join(cmd)}\n{output[-2000:]}")
         return done
 
 
