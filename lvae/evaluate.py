@@ -124,12 +124,13 @@ def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> 
     iw, mc = cfg.train.iw_samples, cfg.train.mc_samples
 
     log_likelihood = iw_log_likelihood(model, test, cfg.eval.iw_samples, budget, progress)
-    test_elbo = per_image(model, test, 1, budget, lambda t: elbo(t)[0])
-    test_kl = per_image(model, test, 1, budget, lambda t: kl_per_layer(t)[:, 0])
+    # One 1-sample pass gives both the test ELBO (row 0) and the KL of every layer (rows 1..L).
+    test_elbo, *test_kl = per_image(model, test, 1, budget,
+                                    lambda t: torch.cat([elbo(t), kl_per_layer(t)[:, 0]]))
     train_bound = per_image(model, train, mc * iw, budget, lambda t: training_bound(t, iw))
     return {
         "test_log_likelihood": {**mean_and_stderr(log_likelihood), "iw_samples": cfg.eval.iw_samples},
         "test_elbo": {**mean_and_stderr(test_elbo), "samples": 1},
         "train_bound": {**mean_and_stderr(train_bound), "iw_samples": iw, "mc_samples": mc},
-        "kl_per_layer": test_kl.double().mean(-1).tolist(),
+        "kl_per_layer": [kl.double().mean().item() for kl in test_kl],
     }

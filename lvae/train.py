@@ -128,6 +128,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
     epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
                   initial=state.epoch, total=tc.epochs, disable=not tc.progress)
     for epoch in epochs:
+        model.train()
         set_learning_rate(optimizer, tc, epoch)
         if state.order is None:  # a fresh epoch, not one resumed in its middle
             state.order, state.next_batch, state.seen = data.epoch_order(), 0, 0
