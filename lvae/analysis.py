@@ -21,7 +21,7 @@ from typing import Callable
 import matplotlib
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter
 from torchvision.utils import make_grid, save_image
 
 from .evaluate import per_image
@@ -35,7 +35,7 @@ DIGITS = 10
 class ActiveUnits:
     """Activity of every latent unit, one tensor per layer from z_1 (bottom) to z_L (top)."""
 
-    kl: list[torch.Tensor]  # (d_i,) KL(q(z_u|.) || p(z_u|z_{i+1})) averaged over images, nats
+    kl: list[torch.Tensor]  # (d_i,) the unit's KL term (StochasticLayer.kl_term_per_unit) averaged over images, nats
     posterior_mean_variance: list[torch.Tensor]  # (d_i,) Cov_x(E_q[z_u|x]), the variance over images
     threshold: float = ACTIVITY_THRESHOLD
 
@@ -87,9 +87,12 @@ def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb:
                  n_samples: int = 1) -> ActiveUnits:
     """Per-unit activity of every layer on `images`, by both criteria of PAPER.md §5.
 
-    KL criterion (the paper): KL(q(z_u|.) || p(z_u|z_{i+1})), the analytic per-unit KL
-    of `StochasticLayer.kl_per_unit` given the sampled parents, averaged over the
-    n_samples samples of each image and over the images; active when > 0.01 nats.
+    KL criterion (the paper): the unit's KL term E_q[log q(z_u|.) - log p(z_u|z_{i+1})],
+    estimated without bias by `StochasticLayer.kl_term_per_unit` (analytic for top-down
+    inference, analytic entropy and sampled cross-entropy for bottom-up inference),
+    averaged over the n_samples samples of each image and over the images; active when
+    > 0.01 nats. For the bottom-up VAE a lower layer's term is not a divergence of its
+    own and can be negative; the terms of all layers add up to KL(q(z|x) || p(z)).
 
     Cov criterion (Burda et al.): the variance over images of E_q[z_u|x]; active when
     > 0.01. E_q[z_u|x] is estimated by `layer.q_mean` averaged over the n_samples
@@ -99,7 +102,7 @@ def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb:
     to the variance, so units can look more active with few samples.
     """
     kl = per_layer_per_image(model, images, n_samples, memory_budget_mb,
-                             lambda layer: layer.kl_per_unit().mean(0))
+                             lambda layer: layer.kl_term_per_unit().mean(0))
     posterior_means = per_layer_per_image(model, images, n_samples, memory_budget_mb,
                                           lambda layer: layer.q_mean.mean(0))
     return ActiveUnits(kl=[values.double().mean(0) for values in kl],
@@ -221,9 +224,9 @@ def plot_pca(samples_by_run: dict[str, list[torch.Tensor]], labels: torch.Tensor
 
 
 def plot_kl_history(history_by_run: dict[str, list[dict]], path: Path) -> None:
-    """KL(q||p) per layer against epoch, one panel per run (metrics.json's `history[*]["kl_per_layer"]`).
+    """Each layer's KL term against epoch, one panel per run (metrics.json's `history[*]["kl_per_layer"]`).
 
-    The KL is the training-time average over each epoch's batches, on a log scale; a
+    The KL is the training-time average over each epoch's batches, on a symmetric log scale; a
     dashed line marks the first epoch whose KL weight is 1 when warm-up was used.
     """
     figure = Figure(figsize=(5.5 * len(history_by_run) + 0.5, 4.2), layout="constrained")
@@ -238,10 +241,9 @@ def plot_kl_history(history_by_run: dict[str, list[dict]], path: Path) -> None:
             warm = next((record["epoch"] for record in history if record["kl_weight"] >= 1), None)
             if warm is not None:
                 ax.axvline(warm, color="grey", linestyle="--", linewidth=1, label="KL weight reaches 1")
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_locator(LogLocator(subs=(3.0,)))  # labels at 1, 3, 10, 30, ...
-        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        # Symmetric log: the bottom-up VAE's lower-layer terms can be negative (see active_units).
+        ax.set_yscale("symlog", linthresh=ACTIVITY_THRESHOLD)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3, which="both")

@@ -68,6 +68,7 @@ class EvalConfig:
     train_subset: int = 10000  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
+    allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
 
 
 @dataclass

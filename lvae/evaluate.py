@@ -9,6 +9,7 @@ image chunk and is reused for all of its samples.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Callable, Iterable
@@ -16,7 +17,6 @@ from typing import Callable, Iterable
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
@@ -34,7 +34,7 @@ def recompute_batchnorm_statistics(model: HierarchicalVAE, batches: Iterable[tor
     The authors compute test-time statistics over the whole training set rather
     than keeping the exponential moving average of training (PAPER.md §4).
     """
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -60,7 +60,7 @@ def fold_batchnorm(model: HierarchicalVAE) -> HierarchicalVAE:
         if isinstance(mlp, MLP):
             layers: list[nn.Module] = []
             for layer in mlp.net:
-                if isinstance(layer, _BatchNorm):
+                if isinstance(layer, nn.BatchNorm1d):
                     layers[-1] = fuse_linear_bn_eval(layers[-1], layer)
                 else:
                     layers.append(layer)
@@ -77,23 +77,53 @@ def chunk_shape(model: HierarchicalVAE, n_images: int, n_samples: int, memory_bu
 
 
 @torch.no_grad()
-def iw_log_likelihood(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
-                      memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
-    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64."""
+def iw_log_likelihood_halves(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
+                             memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
+    """log sum_k w_k over the first floor(K/2) samples and over the other samples, per image: (2, N) float64.
+
+    w_k = p(x, z_k) / q(z_k|x), z_k ~ q(z|x). Both halves come from the one pass that
+    the K-sample estimate needs; `iw_log_likelihood` and `iw_convergence` combine them.
+    """
     model.eval()
     n_images, n_samples = chunk_shape(model, len(images), iw_samples, memory_budget_mb)
-    estimates = []
+    half = iw_samples // 2
+    sums = []
     bar = tqdm(total=len(images), desc=f"log p(x), K={iw_samples}", unit="img", disable=not progress, leave=False)
     for x in images.split(n_images):
         context = model.encode(x)
-        total = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+        total = torch.full((2, len(x)), -math.inf, dtype=torch.float64, device=x.device)
         for start in range(0, iw_samples, n_samples):
-            trace = model(x, min(n_samples, iw_samples - start), context=context)
-            total = torch.logaddexp(total, log_importance_weights(trace).double().logsumexp(0))
-        estimates.append(total - math.log(iw_samples))
+            log_w = log_importance_weights(model(x, min(n_samples, iw_samples - start), context=context)).double()
+            cut = min(max(half - start, 0), len(log_w))  # where this chunk crosses into the second half
+            chunk = torch.stack([log_w[:cut].logsumexp(0), log_w[cut:].logsumexp(0)])  # empty part: -inf
+            total = torch.logaddexp(total, chunk)
+        sums.append(total)
         bar.update(len(x))
     bar.close()
-    return torch.cat(estimates)
+    return torch.cat(sums, dim=1)
+
+
+def iw_log_likelihood(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
+                      memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64 (docs/method.md, eq. 4)."""
+    halves = iw_log_likelihood_halves(model, images, iw_samples, memory_budget_mb, progress)
+    return iw_estimates(halves, iw_samples)[0]
+
+
+def iw_estimates(halves: torch.Tensor, iw_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From `iw_log_likelihood_halves`: the K-sample estimate and how far it still is from converged, per image.
+
+    The bound's gap to log p(x) shrinks about as c/K for large K, so the K-sample
+    estimate minus the mean of the two K/2-sample estimates, about c/K, estimates the
+    gap that remains at K. NaN when K = 1 (no halves).
+    """
+    estimate = halves.logsumexp(0) - math.log(iw_samples)
+    half = iw_samples // 2
+    if half == 0:
+        return estimate, torch.full_like(estimate, math.nan)
+    half_estimates = halves - torch.tensor([math.log(half), math.log(iw_samples - half)],
+                                           dtype=halves.dtype, device=halves.device)[:, None]
+    return estimate, estimate - half_estimates.mean(0)
 
 
 @torch.no_grad()
@@ -112,25 +142,45 @@ def mean_and_stderr(values: torch.Tensor) -> dict:
     return {"mean": values.mean().item(), "stderr": stderr, "images": len(values)}
 
 
+@contextlib.contextmanager
+def float32_matmuls(allow_tf32: bool):
+    """CUDA matmuls and convolutions in full float32 unless allow_tf32; the previous setting is restored."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
 def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
-    """Every end-of-run number: test log p(x) (K = eval.iw_samples), test ELBO, train bound, KL per layer.
+    """Every end-of-run number: test log p(x) (K = eval.iw_samples) and how converged it is,
+    test ELBO, train bound, KL per layer. A measurement: full float32 on CUDA unless eval.allow_tf32.
 
     Call `recompute_batchnorm_statistics` first when the model uses batch norm.
     """
-    budget, progress = cfg.eval.memory_budget_mb, cfg.train.progress
-    model = fold_batchnorm(model)
+    with float32_matmuls(cfg.eval.allow_tf32):
+        return _evaluate(fold_batchnorm(model), data, cfg)
+
+
+def _evaluate(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
+    budget, progress, k = cfg.eval.memory_budget_mb, cfg.train.progress, cfg.eval.iw_samples
     test = data.test[: cfg.eval.test_subset]
     train = data.fixed_train_subset(cfg.eval.train_subset, seed=cfg.data.binarization_seed)
     iw, mc = cfg.train.iw_samples, cfg.train.mc_samples
 
-    log_likelihood = iw_log_likelihood(model, test, cfg.eval.iw_samples, budget, progress)
-    # One 1-sample pass gives both the test ELBO (row 0) and the KL of every layer (rows 1..L).
+    log_likelihood, remaining_gap = iw_estimates(iw_log_likelihood_halves(model, test, k, budget, progress), k)
+    # One 1-sample pass gives both the test ELBO (row 0) and the KL term of every layer (rows 1..L).
     test_elbo, *test_kl = per_image(model, test, 1, budget,
                                     lambda t: torch.cat([elbo(t), kl_per_layer(t)[:, 0]]))
     train_bound = per_image(model, train, mc * iw, budget, lambda t: training_bound(t, iw))
+    gap = mean_and_stderr(remaining_gap) if k > 1 else {"mean": None, "stderr": None}
     return {
-        "test_log_likelihood": {**mean_and_stderr(log_likelihood), "iw_samples": cfg.eval.iw_samples},
+        "test_log_likelihood": {**mean_and_stderr(log_likelihood), "iw_samples": k,
+                                # K-sample estimate minus the mean of its two K/2 halves: the gap left at K
+                                "remaining_gap": gap["mean"], "remaining_gap_stderr": gap["stderr"]},
         "test_elbo": {**mean_and_stderr(test_elbo), "samples": 1},
         "train_bound": {**mean_and_stderr(train_bound), "iw_samples": iw, "mc_samples": mc},
-        "kl_per_layer": [kl.double().mean().item() for kl in test_kl],
+        "kl_per_layer": [mean_and_stderr(kl)["mean"] for kl in test_kl],
+        "kl_per_layer_stderr": [mean_and_stderr(kl)["stderr"] for kl in test_kl],
     }

@@ -35,7 +35,17 @@ Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mean, variance)
 
 @dataclass
 class StochasticLayer:
-    """One layer z_i of a forward pass: its sample, q(z_i|.) and p(z_i|z_{i+1})."""
+    """One layer z_i of a forward pass: its sample, q(z_i|.) and p(z_i|z_{i+1}).
+
+    The layer's term of the ELBO is E_q[log q(z_i|.) - log p(z_i|z_{i+1})]; the terms of
+    all layers add up to KL(q(z|x) || p(z)). How a single sample estimates it without bias
+    depends on the order in which inference draws the layers, so each inference model
+    builds the kind of layer that matches its factorisation.
+
+    This class: z_{i+1}, the parent of the prior, was drawn *before* z_i (top-down
+    inference, and every top layer, whose prior N(0, I) has no parent). Given the samples
+    already drawn, the term is then exactly the analytic KL(q(z_i|.) || p(z_i|z_{i+1})).
+    """
 
     z: torch.Tensor
     q_mean: torch.Tensor
@@ -49,9 +59,27 @@ class StochasticLayer:
     def log_p(self) -> torch.Tensor:
         return gaussian_log_prob(self.z, self.p_mean, self.p_var).sum(-1)
 
-    def kl_per_unit(self) -> torch.Tensor:
-        """Analytic KL(q(z_i|.) || p(z_i|z_{i+1})) per unit, given the sampled parents."""
+    def kl_term_per_unit(self) -> torch.Tensor:
+        """Unbiased one-sample estimate of this layer's ELBO term, per unit (docs/method.md, eq. 6)."""
         return gaussian_kl(self.q_mean, self.q_var, self.p_mean, self.p_var)
+
+
+@dataclass
+class BottomUpLayer(StochasticLayer):
+    """A layer whose prior's parent z_{i+1} was drawn *after* z_i, from q(z_{i+1}|z_i) (bottom-up inference).
+
+    The analytic KL at the sampled z_{i+1} is biased here: z_{i+1} depends on z_i, so the
+    expected cross-entropy is not the cross-entropy at the sample. The unbiased term scores
+    both densities at the joint sample, log q(z_i|z_{i-1}) - log p(z_i|z_{i+1}) (docs/method.md, eq. 7).
+
+    Why not the analytic entropy of q(z_i|z_{i-1}) in place of log q: with z_i = mu + sigma * eps
+    the two differ by (eps^2 - 1) / 2 per unit, a term free of parameters, so their gradients are
+    identical; but that term does not cancel against log p, and for a collapsed unit
+    (q = p) it adds variance 1/2 per unit to an estimate that is otherwise close to 0.
+    """
+
+    def kl_term_per_unit(self) -> torch.Tensor:
+        return gaussian_log_prob(self.z, self.q_mean, self.q_var) - gaussian_log_prob(self.z, self.p_mean, self.p_var)
 
 
 @dataclass
@@ -229,9 +257,12 @@ class BottomUpVAE(HierarchicalVAE):
             samples.append(sample_gaussian(mean, var))
         layers = []
         for i in range(self.num_layers):
-            z_above = samples[i + 1] if i + 1 < self.num_layers else None
+            top = i + 1 == self.num_layers
+            z_above = None if top else samples[i + 1]
             p_mean, p_var = self.generative.prior(i, z_above, like=samples[i])
-            layers.append(StochasticLayer(samples[i], *posteriors[i], p_mean, p_var))
+            # Only the top layer's prior, N(0, I), is free of samples drawn after z_i.
+            layer_kind = StochasticLayer if top else BottomUpLayer
+            layers.append(layer_kind(samples[i], *posteriors[i], p_mean, p_var))
         return layers
 
     def per_sample_modules(self) -> list[nn.Module]:

@@ -25,15 +25,20 @@ def kl_warmup_weight(step: int, steps_per_epoch: int, warmup_epochs: int) -> flo
 
 
 def kl_per_layer(trace: Trace) -> torch.Tensor:
-    """Analytic KL(q(z_i|.) || p(z_i|z_{i+1})) given the sampled parents: (L, S, B)."""
-    return torch.stack([layer.kl_per_unit().sum(-1) for layer in trace.layers])
+    """Each layer's KL term E_q[log q(z_i|.) - log p(z_i|z_{i+1})], one unbiased sample each: (L, S, B).
+
+    Which estimate a layer uses is the layer's own knowledge (`StochasticLayer.kl_term_per_unit`):
+    the analytic KL for top-down inference, an analytic entropy and a sampled cross-entropy
+    for bottom-up inference.
+    """
+    return torch.stack([layer.kl_term_per_unit().sum(-1) for layer in trace.layers])
 
 
 def elbo(trace: Trace, kl_weight: float = 1.0) -> torch.Tensor:
     """ELBO estimate log p(x|z_1) - kl_weight * sum_i KL_i, per sample: (S, B).
 
-    Uses the analytic per-layer KL given the sampled parents, which has lower
-    variance than the single-sample log-ratio and the same expectation.
+    Unbiased for E_q[log p(x, z) - log q(z|x)] at kl_weight = 1, with lower variance
+    than the single-sample log-ratio wherever a layer's term is (partly) analytic.
     """
     return trace.log_px - kl_weight * kl_per_layer(trace).sum(0)
 

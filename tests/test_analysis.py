@@ -15,7 +15,7 @@ from lvae.models import build_model
 from lvae.train import run
 
 from .conftest import compose_config
-from .linear_gaussian import set_head
+from .helpers.linear_gaussian import set_head
 
 D = 20
 LATENT_SIZES = [4, 3]

@@ -1,0 +1,1 @@
+"""Helpers the tests import explicitly (never through conftest)."""
