@@ -156,6 +156,7 @@ def float32_matmuls(allow_tf32: bool):
 def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
     """Every end-of-run number: test log p(x) (K = eval.iw_samples) and how converged it is,
     test ELBO, train bound, KL per layer. A measurement: full float32 on CUDA unless eval.allow_tf32.
+    Plain values, except `per_image`: the test estimates of every image as (N,) float64 tensors.
 
     Call `recompute_batchnorm_statistics` first when the model uses batch norm.
     """
@@ -183,4 +184,6 @@ def _evaluate(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
         "train_bound": {**mean_and_stderr(train_bound), "iw_samples": iw, "mc_samples": mc},
         "kl_per_layer": [mean_and_stderr(kl)["mean"] for kl in test_kl],
         "kl_per_layer_stderr": [mean_and_stderr(kl)["stderr"] for kl in test_kl],
+        # Per test image, for paired comparisons between runs (all runs see the same test images).
+        "per_image": {"test_log_likelihood": log_likelihood.cpu(), "test_elbo": test_elbo.double().cpu()},
     }

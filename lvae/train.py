@@ -4,6 +4,7 @@ Run directory (Hydra's output dir, or any folder given to `run`):
     config.yaml      the fully resolved config
     checkpoint.pt    model, optimiser, training position and RNG states (weights_only=True)
     metrics.json     status, end-of-run numbers, per-epoch history, provenance
+    per_image.pt     the test log-likelihood and test ELBO of every test image (float64 tensors)
     tensorboard/     scalars per epoch
 
 Running the same config on the same directory again continues from the last
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     CheckpointError,
+    atomic_write,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -284,6 +286,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         save(state, rng_after_training)
         started = time.perf_counter()
         results = evaluate_model(model, data, cfg)
+        per_image = results.pop("per_image")
+        atomic_write(run_dir / "per_image.pt", lambda f: torch.save(per_image, f))
         if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
             for key in ("test_log_likelihood", "test_elbo", "train_bound"):
                 results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
