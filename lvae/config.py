@@ -15,13 +15,17 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .data import BINARY, GREY_LEVELS
+from .data import DATASETS as DATASET_REGISTRY
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 MAX_LAYERS = 5
 MODEL_NAMES = ("vae", "lvae")
 DEVICES = ("auto", "cpu", "cuda")
 LIKELIHOODS = ("bernoulli", "gaussian")
-DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "omniglot")
-BINARY_DATASETS = ("binarized_mnist",)  # stored as 0/1 pixels: Bernoulli output needs no data.binarize
+DATASETS = tuple(DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry
+BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
+GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
 
 
 @dataclass
@@ -95,10 +99,22 @@ def run_dir_name(override_dirname: str) -> str:
     return override_dirname or "defaults"
 
 
+def is_binary_data(name: str, binarize: bool) -> bool:
+    """x is binary: binarized on the fly, or stored as 0/1 (Bernoulli output needs no data.binarize)."""
+    return binarize or name in BINARY_DATASETS
+
+
+def likelihood_for_data(name: str, binarize: bool) -> str:
+    """The output distribution that fits the data: Bernoulli for binary x, Gaussian for continuous x.
+    A preset that sweeps over datasets sets `likelihood: ${likelihood_for_data:${data.name},${data.binarize}}`."""
+    return "bernoulli" if is_binary_data(name, binarize) else "gaussian"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
-    if not OmegaConf.has_resolver("run_dir_name"):
-        OmegaConf.register_new_resolver("run_dir_name", run_dir_name)
+    for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_configs()
@@ -161,15 +177,15 @@ def validate(cfg: DictConfig) -> None:
                 f"{key}={list(sizes)} does not fit layers={cfg.layers}: "
                 f"{key} must list at least {cfg.layers} sizes, all > 0."
             )
-    binary_data = cfg.data.binarize or cfg.data.name in BINARY_DATASETS
+    binary_data = is_binary_data(cfg.data.name, cfg.data.binarize)
     if cfg.likelihood == "bernoulli" and not binary_data:
         raise ConfigError(
             "likelihood=bernoulli needs binary data: set data.binarize=true, "
             "or likelihood=gaussian for continuous pixels."
         )
-    if cfg.data.dequantize and binary_data:
+    if cfg.data.dequantize and (cfg.data.binarize or cfg.data.name not in GREY_LEVEL_DATASETS):
         raise ConfigError(f"data.dequantize=true is for 256-level pixels: it needs data.binarize=false and "
-                          f"data other than {', '.join(BINARY_DATASETS)} (data={cfg.data.name}).")
+                          f"one of data={', '.join(GREY_LEVEL_DATASETS)} (data={cfg.data.name}).")
     if cfg.data.merge_valid and cfg.data.name != "binarized_mnist":
         raise ConfigError(f"data.merge_valid=true needs data=binarized_mnist (the only dataset with a "
                           f"validation split), not data={cfg.data.name}.")

@@ -1,4 +1,4 @@
-"""28x28 image datasets as tensors on the compute device (PAPER.md §4).
+"""Image datasets as tensors on the compute device (PAPER.md §4).
 
 A whole dataset lives on the device as one tensor; a training batch is an index
 into it, drawn afresh on the fly (re-binarized, or dequantized), so every epoch sees
@@ -6,38 +6,44 @@ new binary / continuous values and no per-image DataLoader work runs. The test s
 is drawn once, on the CPU, with the fixed seed `data.binarization_seed`, so every
 run scores the same test images.
 
-Datasets (`data=<name>`) and their splits; a loader checks what it reads (format,
-shapes, values, counts) and, when files are missing, says where it looked:
+Datasets (`data=<name>`, the registry DATASETS at the end of this file; docs/datasets.md
+says where each comes from and how to place it offline). A loader checks what it reads
+(format, shapes, values, counts) and, when files are missing, says where it looked:
 
-    mnist            LeCun's 60,000 train / 10,000 test, <root>/MNIST/raw (torchvision's layout).
+    mnist            LeCun's 60,000 train / 10,000 test, 28x28, <root>/MNIST/raw (torchvision's layout).
     fashion_mnist    Zalando's 60,000 train / 10,000 test, same IDX format; <root>/FashionMNIST/raw,
                      then the Debian package's /usr/share/datasets/fashion-mnist.
     binarized_mnist  the static binarization distributed by Larochelle: 50,000 train / 10,000 valid /
                      10,000 test, already 0/1; data.merge_valid=true trains on train+valid (60,000).
-    omniglot         torchvision's Omniglot, images_background = train (19,280 images, 30 alphabets),
-                     images_evaluation = test (13,180 images, 20 other alphabets), 105x105 -> 28x28.
+    omniglot         Burda et al.'s 28x28 OMNIGLOT (the IWAE repository's chardata.mat), the paper's:
+                     24,345 train / 8,070 test, grey intensities in [0, 1]; <root>/omniglot.
+    norb             LeCun et al.'s small NORB, both cameras of 24,300 stereo pairs per split (48,600
+                     train / 48,600 test images), 96x96 shrunk to 32x32; <root>/smallnorb.
 
 How stored pixels become the model's x (`data.binarize`, `data.dequantize`):
 
-    dynamic binarization   x ~ Bernoulli(pixel / 255), fresh for every training batch
+    dynamic binarization   x ~ Bernoulli(intensity), fresh for every training batch (intensity =
+                           pixel / 255 for 8-bit grey levels)
     dequantization         x = (pixel + u) / 256, u ~ U(0, 1)^D fresh for every training batch: a
                            density on [0, 1]^D; `bits_per_dim` turns its log-density into bits per
-                           dimension of the 256-level pixels
+                           dimension of the 256-level pixels (8-bit grey levels only)
     already binary         x = the stored 0/1 pixel (binarized_mnist)
-    neither                x = pixel / 255 (continuous, but a density of it is not a probability
+    neither                x = intensity (continuous, but a density of it is not a probability
                            of the discrete pixels: no bits/dim)
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import math
 import os
+import struct
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -46,8 +52,9 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "LVAE_DATA_ROOT"
-IMAGE_SIZE = 28
+IMAGE_SIZE = 28  # MNIST, Fashion-MNIST, binarized MNIST and OMNIGLOT
 DEQUANTIZATION_SCALE = 256  # x = (pixel + u) / 256 maps the 256 grey levels onto [0, 1)
+ORDER_SEED = 0  # the fixed shuffle of datasets whose files are sorted (see _fixed_order)
 
 
 class DatasetError(RuntimeError):
@@ -152,24 +159,43 @@ def _root(cfg: DictConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
-def _image_data(cfg: DictConfig, device: torch.device, train: torch.Tensor, train_labels: torch.Tensor,
-                test: torch.Tensor, test_labels: torch.Tensor, levels: int = 256) -> ImageData:
-    """ImageData from (N, 28, 28) uint8 pixels with `levels` grey levels (256, or 2 for 0/1 pixels).
+# How a dataset stores its pixels (Dataset.pixels): what data.binarize / data.dequantize can do with them.
+GREY_LEVELS = "grey levels"  # 8-bit, 0-255: binarize (pixel / 255), dequantize, or pixel / 255 as is
+BINARY = "binary"  # stored 0/1: used as stored
+INTENSITIES = "intensities"  # floats in [0, 1]: binarize, or as is; no dequantization (no 256 levels)
+PIXEL_SCALE = {GREY_LEVELS: 255, BINARY: 1, INTENSITIES: 1}  # stored value / scale = intensity in [0, 1]
 
-    Keeps the first data.train_subset training images, scales the pixels (pixel / 255, or
-    pixel / 256 when dequantized, 0/1 as stored) and draws the test set once with
-    data.binarization_seed, on the CPU so that it is the same on every device.
+
+def _image_data(cfg: DictConfig, device: torch.device, train: torch.Tensor, train_labels: torch.Tensor,
+                test: torch.Tensor, test_labels: torch.Tensor) -> ImageData:
+    """ImageData from (N, H, W) images stored as DATASETS[cfg.name].pixels says.
+
+    Keeps the first data.train_subset training images, scales the pixels (pixel / 255,
+    pixel / 256 when dequantized, intensities and 0/1 as stored) and draws the test set
+    once with data.binarization_seed, on the CPU so that it is the same on every device.
+    Which settings fit which pixels is checked by lvae.config.validate.
     """
     if cfg.train_subset is not None:
         train, train_labels = train[: cfg.train_subset], train_labels[: cfg.train_subset]
+    pixels = DATASETS[cfg.name].pixels
     dequantize = _option(cfg, "dequantize", False)
-    if dequantize and (cfg.binarize or levels != 256):
-        raise ValueError(f"data.dequantize=true needs data.binarize=false and 256 grey levels (data={cfg.name})")
-    scale = DEQUANTIZATION_SCALE if dequantize else levels - 1
+    scale = DEQUANTIZATION_SCALE if dequantize else PIXEL_SCALE[pixels]
     train_x, test_x = (images.reshape(len(images), -1).float() / scale for images in (train, test))
-    data = ImageData(train_x, train_labels, test_x, test_labels, cfg.binarize, dequantize, levels == 2)
+    data = ImageData(train_x, train_labels, test_x, test_labels, cfg.binarize, dequantize, pixels == BINARY)
     data.test = data.draw(data.test, torch.Generator().manual_seed(cfg.binarization_seed))
     return data.to(device)
+
+
+def _fixed_order(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images and labels shuffled alike with the fixed ORDER_SEED.
+
+    Neither chardata.mat nor small NORB's files promise a random order, and a prefix
+    (data.train_subset, eval.test_subset, the training-set bound's first images) of a file
+    sorted by class would miss classes; shuffled, every prefix is a random sample. The LVAE
+    authors shuffle both splits too; the order does not change a full-set score.
+    """
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(ORDER_SEED))
+    return images[order], labels[order]
 
 
 def _missing_error(dataset: str, where: dict[Path, list[str]], download: bool, download_error: Exception | None,
@@ -182,25 +208,99 @@ def _missing_error(dataset: str, where: dict[Path, list[str]], download: bool, d
     return DatasetNotFoundError(f"{dataset} not found. Looked in {looked}. {reason}. {fix}")
 
 
+def _folders_to_create(folders: list[Path]) -> list[Path]:
+    """The folders among `folders` and their parents that do not exist yet, deepest first."""
+    absent = set()
+    for folder in folders:
+        for path in (folder, *folder.parents):
+            if path.exists():
+                break
+            absent.add(path)
+    return sorted(absent, key=lambda path: len(path.parts), reverse=True)
+
+
 def _find_files(dataset: str, folders: list[Path], names: list[str], download: bool,
                 fetch: Callable[[], None], fix: str, exists: Callable[[Path, str], bool]) -> Path:
-    """The first of `folders` that holds all `names`, after fetch() when none does and download is true."""
+    """The first of `folders` that holds all `names`, after fetch() when none does and download is true.
+
+    A fetch that fails leaves no empty folder behind: only the files it completed.
+    """
     def missing() -> dict[Path, list[str]]:
         return {folder: [name for name in names if not exists(folder, name)] for folder in folders}
 
     found = [folder for folder, lacking in missing().items() if not lacking]
     download_error = None
     if not found and download:
+        new_folders = _folders_to_create(folders)
         try:
             fetch()
         except Exception as error:  # no network, HTTP errors, checksum mismatch
             download_error = error
+        for folder in new_folders:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         found = [folder for folder, lacking in missing().items() if not lacking]
         if not found and download_error is None:
             download_error = RuntimeError("it ran but left the files missing")
     if not found:
         raise _missing_error(dataset, missing(), download, download_error, fix)
     return found[0]
+
+
+def _digest(path: Path, algorithm: str, prefix: bytes = b"") -> str:
+    """The hex digest of prefix + the file's bytes, read in chunks."""
+    digest = hashlib.new(algorithm, prefix)
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, path: Path, checksum: Optional[Callable[[Path], str]] = None,
+              expected: Optional[str] = None) -> None:
+    """url -> path, through path.part: an interrupted, failed or corrupt download leaves no file behind.
+
+    checksum(file) must give `expected` (when given); nothing is renamed into place otherwise.
+    """
+    from torchvision.datasets.utils import download_url  # imported here: torchvision is slow to import
+
+    part = path.with_name(f"{path.name}.part")
+    part.unlink(missing_ok=True)  # download_url would take a leftover of an interrupted download for complete
+    try:
+        download_url(url, str(path.parent), part.name)
+        if checksum is not None and (found := checksum(part)) != expected:
+            raise DatasetInvalidError(f"{url} arrived damaged: checksum {found}, expected {expected}")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
+
+
+def _plain_or_gz(folder: Path, name: str) -> Optional[Path]:
+    """folder/name, or folder/name.gz (as downloaded), whichever exists."""
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _invalid(path: Path, kind: str, problem: str, truncated: bool) -> DatasetInvalidError:
+    """The error for a damaged file: "may be truncated" only when it is shorter than it should be."""
+    advice = ("it may be truncated. Delete it and download it again" if truncated
+              else "it is not the file expected here. Put the original file there (or delete it and download it "
+                   "again)")
+    return DatasetInvalidError(f"{path} is not a valid {kind} file ({problem}; {path.stat().st_size} bytes on disk): "
+                               f"{advice}.")
+
+
+def _read_all(path: Path, kind: str) -> bytes:
+    """The file's bytes, decompressed when it ends in .gz."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as error:
+        raise _invalid(path, kind, f"not a complete gzip file: {error}", truncated=True) from error
 
 
 # ---------------------------------------------------------------- IDX files (MNIST, Fashion-MNIST)
@@ -210,42 +310,29 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 IDX_NAMES = [name for pair in IDX_FILES.values() for name in pair]
 
 
-def _idx_path(folder: Path, name: str) -> Optional[Path]:
-    """folder/name, or folder/name.gz (as the Debian package and torchvision's downloads hold it)."""
-    for path in (folder / name, folder / f"{name}.gz"):
-        if path.is_file():
-            return path
-    return None
-
-
 def _read_idx(path: Path, ndim: int) -> torch.Tensor:
     """An IDX file of unsigned bytes with `ndim` dimensions, plain or gzipped, checked byte for byte."""
-    content, problem = path.read_bytes(), None
-    if path.suffix == ".gz":
-        try:
-            content = gzip.decompress(content)
-        except (OSError, EOFError, zlib.error) as error:
-            problem = f"not a complete gzip file: {error}"
-    if problem is None:
-        header = 4 + 4 * ndim
-        magic = bytes([0, 0, 0x08, ndim])  # unsigned bytes, ndim dimensions
-        if len(content) < header or content[:4] != magic:
-            problem = f"header {content[:4].hex()}, expected {magic.hex()} ({ndim}-D unsigned bytes)"
-        else:
-            dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-            if len(content) != header + math.prod(dims):
-                problem = f"{len(content)} bytes where the header {dims} announces {header + math.prod(dims)}"
-    if problem is not None:
-        raise DatasetInvalidError(f"{path} is not a valid IDX file ({problem}; {path.stat().st_size} bytes on disk): "
-                                  "it may be truncated. Delete it and download it again.")
+    content = _read_all(path, "IDX")
+    magic = bytes([0, 0, 0x08, ndim])  # unsigned bytes, ndim dimensions
+    header = 4 + 4 * ndim
+    if len(content) >= 4 and content[:4] != magic:
+        raise _invalid(path, "IDX", f"its magic number is {content[:4].hex()}, expected {magic.hex()} for {ndim}-D "
+                                    "unsigned bytes", truncated=False)
+    if len(content) < header:
+        raise _invalid(path, "IDX", f"{len(content)} bytes, shorter than the {header}-byte header", truncated=True)
+    dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims)
+    if len(content) != expected:
+        raise _invalid(path, "IDX", f"{len(content)} bytes where the header {dims} announces {expected}",
+                       truncated=len(content) < expected)
     return torch.frombuffer(bytearray(content[header:]), dtype=torch.uint8).view(*dims)
 
 
 def _read_idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 28, 28) uint8 images and (N,) labels 0-9 of split 'train' or 'test'."""
     image_name, label_name = IDX_FILES[split]
-    images = _read_idx(_idx_path(folder, image_name), 3)
-    labels = _read_idx(_idx_path(folder, label_name), 1).long()
+    images = _read_idx(_plain_or_gz(folder, image_name), 3)
+    labels = _read_idx(_plain_or_gz(folder, label_name), 1).long()
     if (tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels) or len(labels) == 0
             or labels.max() > 9):
         values = f" in [{labels.min()}, {labels.max()}]" if len(labels) else ""
@@ -256,14 +343,18 @@ def _read_idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     return images, labels
 
 
+def _warn_if_partial(dataset: str, split: str, count: int, full: int) -> None:
+    if count != full:
+        log.warning("%s %s has %d images, the full set %d", dataset, split, count, full)
+
+
 def _load_idx_dataset(cfg: DictConfig, device: torch.device, dataset: str, folders: list[Path],
                       fetch: Callable[[], None], fix: str, full_sizes: tuple[int, int]) -> ImageData:
     folder = _find_files(dataset, folders, IDX_NAMES, cfg.download, fetch, fix,
-                         lambda folder, name: _idx_path(folder, name) is not None)
+                         lambda folder, name: _plain_or_gz(folder, name) is not None)
     train, test = _read_idx_split(folder, "train"), _read_idx_split(folder, "test")
     for (images, _), split, full in zip((train, test), ("train", "test"), full_sizes):
-        if len(images) != full:
-            log.warning("%s %s in %s has %d images, the full set %d", dataset, split, folder, len(images), full)
+        _warn_if_partial(f"{dataset} in {folder}", split, len(images), full)
     return _image_data(cfg, device, *train, *test)
 
 
@@ -351,12 +442,9 @@ def load_binarized_mnist(cfg: DictConfig, device: torch.device) -> ImageData:
     names = [f"binarized_mnist_{split}.amat" for split in BINARIZED_MNIST_SIZES]
 
     def fetch() -> None:
-        from torchvision.datasets.utils import download_url
-
         for split, name in zip(BINARIZED_MNIST_SIZES, names):
-            if not (folder / name).is_file():  # under another name until complete: no truncated file is left
-                download_url(BINARIZED_MNIST_URL.format(split), str(folder), f"{name}.part")
-                (folder / f"{name}.part").replace(folder / name)
+            if not (folder / name).is_file():
+                _download(BINARIZED_MNIST_URL.format(split), folder / name)
 
     _find_files("binarized MNIST", [folder], names, cfg.download, fetch,
                 f"Put the three .amat files there (from {BINARIZED_MNIST_URL.format('{train,valid,test}')}), point "
@@ -364,9 +452,7 @@ def load_binarized_mnist(cfg: DictConfig, device: torch.device) -> ImageData:
                 "internet access and data.download=true.", lambda folder, name: (folder / name).is_file())
     splits = {split: _read_amat(folder / name) for split, name in zip(BINARIZED_MNIST_SIZES, names)}
     for split, images in splits.items():
-        if len(images) != BINARIZED_MNIST_SIZES[split]:
-            log.warning("binarized MNIST %s has %d images, the full set %d", split, len(images),
-                        BINARIZED_MNIST_SIZES[split])
+        _warn_if_partial("binarized MNIST", split, len(images), BINARIZED_MNIST_SIZES[split])
     train = torch.cat([splits["train"], splits["valid"]]) if _option(cfg, "merge_valid", False) else splits["train"]
     test = splits["test"]
 
@@ -374,86 +460,230 @@ def load_binarized_mnist(cfg: DictConfig, device: torch.device) -> ImageData:
         return torch.full((len(images),), -1, dtype=torch.long)
 
     return _image_data(cfg, device, train.view(-1, IMAGE_SIZE, IMAGE_SIZE), unlabelled(train),
-                       test.view(-1, IMAGE_SIZE, IMAGE_SIZE), unlabelled(test), levels=2)
+                       test.view(-1, IMAGE_SIZE, IMAGE_SIZE), unlabelled(test))
 
 
-# ---------------------------------------------------------------- OMNIGLOT (torchvision's PNG folders)
+# ---------------------------------------------------------------- OMNIGLOT (Burda et al.'s chardata.mat)
 
-OMNIGLOT_SPLITS = {"train": "images_background", "test": "images_evaluation"}
-OMNIGLOT_SIZES = {"images_background": 19_280, "images_evaluation": 13_180}
-OMNIGLOT_IMAGE_SIZE = 105
-OMNIGLOT_ORDER_SEED = 0  # the fixed shuffle of each split (so that a prefix samples every alphabet)
+OMNIGLOT_URL = "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/chardata.mat"
+# Git's id of datasets/OMNIGLOT/chardata.mat in github.com/yburda/iwae, the SHA-1 of b"blob <size>\0" + the
+# file: a download is checked against the repository itself.
+OMNIGLOT_GIT_BLOB = "016a3536ffe5e1d38e42563a18d7a78bfaf643ec"
+OMNIGLOT_FILE = "chardata.mat"
+OMNIGLOT_SPLITS = {"train": ("data", "target", 24_345), "test": ("testdata", "testtarget", 8_070)}  # images, labels, N
 
 
-def _read_omniglot_split(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 28, 28) uint8 ink and (N,) alphabet indices of folder/<alphabet>/<character>/*.png.
+def _git_blob_id(path: Path) -> str:
+    return _digest(path, "sha1", b"blob %d\0" % path.stat().st_size)
 
-    Images in sorted (alphabet, character, file) order, then shuffled with a fixed seed.
-    Each 105x105 drawing (white paper, black strokes) is inverted so that strokes are 255
-    and shrunk to 28x28 by area averaging (PIL's BOX filter, antialiased): a pixel is
-    the fraction of its area covered by ink.
+
+def _read_chardata(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """split -> ((N, 28, 28) float64 intensities in [0, 1], (N,) alphabet indices) of chardata.mat.
+
+    chardata.mat (MATLAB v5) holds one image a column: `data` 784 x 24,345 and `testdata`
+    784 x 8,070, with one-hot alphabets `target` / `testtarget` (50 x N). A column is the
+    image in MATLAB's column-major order (IWAE reads it with order='F'): value k is the
+    pixel in row k % 28, column k // 28.
     """
-    from PIL import Image, ImageOps
+    from scipy.io import loadmat  # imported here: only this dataset needs scipy
 
-    alphabets = sorted(path for path in folder.iterdir() if path.is_dir())
-    images, labels = [], []
-    for label, alphabet in enumerate(alphabets):
-        for path in sorted(alphabet.glob("*/*.png")):
-            try:
-                with Image.open(path) as image:
-                    size, ink = image.size, ImageOps.invert(image.convert("L"))
-            except (OSError, ValueError) as error:  # unreadable or truncated PNG
-                raise DatasetInvalidError(f"{path} is not a readable PNG ({type(error).__name__}: {error}). "
-                                          "Delete the Omniglot folders and unzip them again.") from error
-            if size != (OMNIGLOT_IMAGE_SIZE, OMNIGLOT_IMAGE_SIZE):
-                raise DatasetInvalidError(f"{path} is {size[0]}x{size[1]}, expected an Omniglot drawing of "
-                                          f"{OMNIGLOT_IMAGE_SIZE}x{OMNIGLOT_IMAGE_SIZE}.")
-            images.append(np.asarray(ink.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)))
-            labels.append(label)
-    if not images:
-        raise DatasetInvalidError(f"{folder} holds no <alphabet>/<character>/*.png images.")
-    ink = np.stack(images)
-    if ink.mean() > 127.5:  # drawings are mostly paper: strokes must have been white, not black
-        raise DatasetInvalidError(f"the drawings in {folder} are mostly ink after inversion (mean "
-                                  f"{ink.mean() / 255:.2f}): expected black strokes on white paper, as in Omniglot.")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(OMNIGLOT_ORDER_SEED))
-    return torch.from_numpy(ink)[order], torch.tensor(labels)[order]
+    kind = "OMNIGLOT chardata.mat"
+    try:
+        mat = loadmat(path, variable_names=[name for *names, _ in OMNIGLOT_SPLITS.values() for name in names])
+    except Exception as error:  # scipy reports damaged files as OSError, ValueError, IndexError, zlib.error, ...
+        raise _invalid(path, kind, f"scipy cannot read it: {type(error).__name__}: {error}", truncated=True) from error
+    splits = {}
+    for split, (images_name, labels_name, _) in OMNIGLOT_SPLITS.items():
+        absent = [name for name in (images_name, labels_name) if name not in mat]
+        if absent:
+            raise _invalid(path, kind, f"it holds no variable {' or '.join(absent)}", truncated=False)
+        columns, targets = mat[images_name], mat[labels_name]
+        if (columns.ndim != 2 or columns.shape[0] != IMAGE_SIZE ** 2 or columns.shape[1] == 0
+                or targets.ndim != 2 or targets.shape[1] != columns.shape[1]):
+            raise _invalid(path, kind, f"{images_name} is {columns.shape} and {labels_name} {targets.shape}, "
+                                       f"expected 784 x N and C x N", truncated=False)
+        if not (np.isfinite(columns).all() and columns.min() >= 0 and columns.max() <= 1):
+            raise _invalid(path, kind, f"{images_name} holds values in [{columns.min()}, {columns.max()}], "
+                                       "expected intensities in [0, 1]", truncated=False)
+        # (N, 784) -> (N, a, b) holds value 28a + b = pixel (row b, column a): swap the two axes.
+        images = columns.T.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 1)
+        splits[split] = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(targets.argmax(0))
+    return splits
 
 
 def load_omniglot(cfg: DictConfig, device: torch.device) -> ImageData:
-    """OMNIGLOT at 28x28 from torchvision's Omniglot folders <root>/omniglot-py/images_{background,evaluation}.
+    """OMNIGLOT at 28x28 as the paper used it: Burda et al.'s chardata.mat (the IWAE repository).
 
-    Split: background set = train (19,280 images of 30 alphabets), evaluation set = test
-    (13,180 images of 20 other alphabets). This is NOT the split of the paper's 28x28 OMNIGLOT
-    (Burda et al.'s chardata.mat: 24,345 train / 8,070 test images), which cannot be rebuilt
-    from these folders; here no test alphabet is seen in training, so numbers are not
-    directly comparable with the paper's. Pixels are ink intensities (strokes = 1),
-    dynamically binarized like MNIST. Labels are alphabet indices within a split.
+    24,345 training and 8,070 test images of handwritten characters from 50 alphabets, grey
+    intensities in [0, 1]: dynamically binarized like MNIST, the test set binarized once. Each
+    split is put in a fixed shuffled order (_fixed_order). Labels are alphabet indices. Read
+    from <root>/omniglot/chardata.mat, downloaded there from the IWAE repository (and checked
+    against it) when data.download=true.
     """
-    base = _root(cfg) / "omniglot-py"
+    folder = _root(cfg) / "omniglot"
+    _find_files("OMNIGLOT", [folder], [OMNIGLOT_FILE], cfg.download,
+                lambda: _download(OMNIGLOT_URL, folder / OMNIGLOT_FILE, _git_blob_id, OMNIGLOT_GIT_BLOB),
+                f"Put {OMNIGLOT_FILE} there (from {OMNIGLOT_URL}), point data.root (or ${DATA_ROOT_ENV}) at the folder "
+                "that holds omniglot/, or run once with internet access and data.download=true.",
+                lambda folder, name: (folder / name).is_file())
+    splits = _read_chardata(folder / OMNIGLOT_FILE)
+    for split, (images, _) in splits.items():
+        _warn_if_partial("OMNIGLOT", split, len(images), OMNIGLOT_SPLITS[split][2])
+    return _image_data(cfg, device, *_fixed_order(*splits["train"]), *_fixed_order(*splits["test"]))
+
+
+# ---------------------------------------------------------------- small NORB (NORB's binary matrix files)
+
+NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
+NORB_FILES = {  # split -> {images, categories: (file name, MD5 of <name>.gz, as the server holds it)}
+    "train": {"dat": ("smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat", "66054832f9accfe74a0f4c36a75bc0a2"),
+              "cat": ("smallnorb-5x46789x9x18x6x2x96x96-training-cat.mat", "23c8b86101fbf0904a000b43d3ed2fd9")},
+    "test": {"dat": ("smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat", "e4ad715691ed5a3a5f138751a4ceb071"),
+             "cat": ("smallnorb-5x01235x9x18x6x2x96x96-testing-cat.mat", "5aa791cd7e6016cf957ce9bdb93b8603")},
+}
+NORB_PAIRS = 24_300  # stereo pairs per split
+NORB_CAMERAS, NORB_STORED_SIZE, NORB_IMAGE_SIZE, NORB_CATEGORIES = 2, 96, 32, 5
+NORB_MAGIC = {"byte": 0x1E3D4C55, "integer": 0x1E3D4C54}  # little-endian int32 magic: the element type
+NORB_CHUNK = 1000  # pairs read and shrunk at a time, so that no 96x96 split sits in memory whole
+
+
+def _read_norb_header(stream: BinaryIO, path: Path, element: str, ndim: int) -> list[int]:
+    """The dimensions of a NORB matrix of `element`s with `ndim` dimensions, its header checked.
+
+    Header: little-endian int32 magic, number of dimensions, then the dimensions, at least
+    three of them stored (the unused ones are 1).
+    """
+    start = stream.read(8)
+    if len(start) < 8:
+        raise _invalid(path, "NORB", f"{len(start)} bytes, shorter than a header", truncated=True)
+    magic, found_ndim = struct.unpack("<Ii", start)
+    if magic != NORB_MAGIC[element] or found_ndim != ndim:
+        raise _invalid(path, "NORB", f"its magic number is {magic:#010x} with {found_ndim} dimensions, expected "
+                                     f"{NORB_MAGIC[element]:#010x} ({element} matrix) with {ndim}", truncated=False)
+    stored = stream.read(4 * max(3, ndim))
+    if len(stored) < 4 * max(3, ndim):
+        raise _invalid(path, "NORB", "the header ends within its dimensions", truncated=True)
+    return list(struct.unpack(f"<{max(3, ndim)}i", stored))[:ndim]
+
+
+def _read_norb(path: Path, read: Callable[[BinaryIO], torch.Tensor]) -> torch.Tensor:
+    """read(stream) of a NORB file, plain or gzipped; a gzip stream that breaks off is a truncated file."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as stream:
+            return read(stream)
+    except (OSError, EOFError, zlib.error) as error:
+        raise _invalid(path, "NORB", f"not a complete gzip file: {error}", truncated=True) from error
+
+
+def _norb_images(path: Path) -> torch.Tensor:
+    """(2 N, 32, 32) uint8: both cameras of each of the N stereo pairs of a -dat file, pair after pair.
+
+    Each 96x96 image is shrunk by torchvision's antialiased bicubic resize (as the LVAE authors'
+    MATLAB bicubic files were), rounded back to 8-bit grey levels.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    def read(stream: BinaryIO) -> torch.Tensor:
+        pairs, *image = _read_norb_header(stream, path, "byte", 4)
+        if pairs <= 0 or image != [NORB_CAMERAS, NORB_STORED_SIZE, NORB_STORED_SIZE]:
+            raise _invalid(path, "small NORB -dat", f"its header announces {[pairs, *image]}, expected N > 0 "
+                                                    "pairs x 2 cameras x 96 x 96", truncated=False)
+        pair_bytes = math.prod(image)
+        shrunk = []
+        for start in range(0, pairs, NORB_CHUNK):
+            count = min(NORB_CHUNK, pairs - start)
+            content = stream.read(count * pair_bytes)
+            if len(content) < count * pair_bytes:
+                raise _invalid(path, "NORB", f"it ends within pair {start + len(content) // pair_bytes} of the "
+                                             f"{pairs} its header announces", truncated=True)
+            images = torch.frombuffer(bytearray(content), dtype=torch.uint8).view(-1, 1, *image[1:])
+            shrunk.append(resize(images, [NORB_IMAGE_SIZE] * 2, InterpolationMode.BICUBIC, antialias=True)[:, 0])
+        if stream.read(1):
+            raise _invalid(path, "NORB", f"it goes on after the {pairs} pairs its header announces", truncated=False)
+        return torch.cat(shrunk)
+
+    return _read_norb(path, read)
+
+
+def _norb_categories(path: Path) -> torch.Tensor:
+    """(N,) int64 categories of a -cat file."""
+    def read(stream: BinaryIO) -> torch.Tensor:
+        (count,) = _read_norb_header(stream, path, "integer", 1)
+        content = stream.read()
+        if len(content) != 4 * count:
+            raise _invalid(path, "NORB", f"{len(content)} bytes of data where its header announces {count} "
+                                         f"integers ({4 * count} bytes)", truncated=len(content) < 4 * count)
+        return torch.from_numpy(np.frombuffer(content, dtype="<i4").astype(np.int64))
+
+    return _read_norb(path, read)
+
+
+def _read_norb_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2 N, 32, 32) uint8 images (both cameras of every pair) and their (2 N,) categories 0-4."""
+    (images_name, _), (categories_name, _) = NORB_FILES[split]["dat"], NORB_FILES[split]["cat"]
+    images = _norb_images(_plain_or_gz(folder, images_name))
+    categories = _norb_categories(_plain_or_gz(folder, categories_name))
+    if (NORB_CAMERAS * len(categories) != len(images) or categories.min() < 0
+            or categories.max() >= NORB_CATEGORIES):
+        raise DatasetInvalidError(
+            f"{images_name} and {categories_name} in {folder} do not fit together: {len(images) // NORB_CAMERAS} "
+            f"pairs, {len(categories)} categories in [{categories.min()}, {categories.max()}]; expected one "
+            f"category 0-{NORB_CATEGORIES - 1} a pair.")
+    return images, categories.repeat_interleave(NORB_CAMERAS)
+
+
+def load_norb(cfg: DictConfig, device: torch.device) -> ImageData:
+    """small NORB (LeCun, Huang and Bottou 2004) as the LVAE paper models it, with a Gaussian output.
+
+    Each split holds 24,300 stereo pairs of 96x96 8-bit images of toys (5 categories; training
+    instances 4, 6, 7, 8, 9 and test instances 0, 1, 2, 3, 5 of each). Both cameras are used,
+    each image once: 48,600 training and 48,600 test images. (The LVAE authors' loader stacks
+    camera 0 twice, which doubles every image instead of adding the other camera.) Images are
+    shrunk to 32x32 (D = 1024) and dequantized, x = (pixel + u) / 256 (data.dequantize, the
+    authors' scaling up to their 255.99 instead of 256), so log-densities are in nats of x
+    and in bits/dim of the pixels. Each split is put in a fixed shuffled order. Labels are the
+    categories 0-4. Read from <root>/smallnorb/ (the files plain or gzipped; the -info files
+    are not needed), downloaded there from NYU (MD5-checked) when data.download=true.
+    """
+    folder = _root(cfg) / "smallnorb"
+    files = [file for split in NORB_FILES.values() for file in split.values()]
 
     def fetch() -> None:
-        from torchvision.datasets import Omniglot
+        for name, md5 in files:
+            if _plain_or_gz(folder, name) is None:
+                _download(f"{NORB_URL}{name}.gz", folder / f"{name}.gz", lambda path: _digest(path, "md5"), md5)
 
-        for background in (True, False):
-            Omniglot(str(_root(cfg)), background=background, download=True)
-
-    _find_files("OMNIGLOT", [base], list(OMNIGLOT_SPLITS.values()), cfg.download, fetch,
-                f"Unzip images_background.zip and images_evaluation.zip (github.com/brendenlake/omniglot, python/) "
-                f"into {base}, so that {base}/images_background/<alphabet>/<character>/*.png exist, point data.root "
-                f"(or ${DATA_ROOT_ENV}) at the folder that holds omniglot-py/, or run once with internet access "
-                "and data.download=true.", lambda folder, name: (folder / name).is_dir())
-    splits = {}
-    for split, name in OMNIGLOT_SPLITS.items():
-        splits[split] = _read_omniglot_split(base / name)
-        if len(splits[split][0]) != OMNIGLOT_SIZES[name]:
-            log.warning("OMNIGLOT %s has %d images, the full set %d", name, len(splits[split][0]), OMNIGLOT_SIZES[name])
-    return _image_data(cfg, device, *splits["train"], *splits["test"])
+    _find_files("small NORB", [folder], [name for name, _ in files], cfg.download, fetch,
+                f"Put the four files there, plain (.mat) or as downloaded (.mat.gz) from {NORB_URL}, point data.root "
+                f"(or ${DATA_ROOT_ENV}) at the folder that holds smallnorb/, or run once with internet access and "
+                "data.download=true.", lambda folder, name: _plain_or_gz(folder, name) is not None)
+    splits = {split: _read_norb_split(folder, split) for split in NORB_FILES}
+    for split, (images, _) in splits.items():
+        _warn_if_partial("small NORB", split, len(images), NORB_CAMERAS * NORB_PAIRS)
+    return _image_data(cfg, device, *_fixed_order(*splits["train"]), *_fixed_order(*splits["test"]))
 
 
-LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "binarized_mnist": load_binarized_mnist,
-           "omniglot": load_omniglot}
+# ---------------------------------------------------------------- the registry: data=<name>
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A choice of data=<name>: its loader, and how it stores pixels (GREY_LEVELS, BINARY or INTENSITIES),
+    which decides what data.binarize and data.dequantize can do (lvae.config.validate checks it)."""
+
+    load: Callable[[DictConfig, torch.device], ImageData]
+    pixels: str
+
+
+DATASETS = {
+    "mnist": Dataset(load_mnist, GREY_LEVELS),
+    "fashion_mnist": Dataset(load_fashion_mnist, GREY_LEVELS),
+    "binarized_mnist": Dataset(load_binarized_mnist, BINARY),
+    "omniglot": Dataset(load_omniglot, INTENSITIES),
+    "norb": Dataset(load_norb, GREY_LEVELS),
+}
 
 
 def load_dataset(cfg: DictConfig, device: torch.device) -> ImageData:
-    return LOADERS[cfg.name](cfg, device)
+    return DATASETS[cfg.name].load(cfg, device)

@@ -2,11 +2,12 @@
 
 import os
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
 
-from lvae.data import DatasetNotFoundError, default_data_root, load_mnist
+from lvae.data import DatasetInvalidError, DatasetNotFoundError, default_data_root, load_mnist
 
 from .conftest import compose_config
 
@@ -75,3 +76,41 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "LVAE_DATA_ROOT" in message and "data.root" in message
+
+
+def test_wrong_idx_magic_says_what_it_found_not_truncation(synthetic_mnist):
+    # The labels file holds a 3-D image matrix (e.g. files swapped): a wrong format, not a truncated file.
+    raw = synthetic_mnist / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes())
+    with pytest.raises(DatasetInvalidError) as error:
+        load_mnist(_data_cfg(synthetic_mnist), CPU)
+    message = str(error.value)
+    assert "train-labels-idx1-ubyte is not a valid IDX file" in message
+    assert "its magic number is 00000803, expected 00000801 for 1-D unsigned bytes" in message
+    assert "truncated" not in message
+
+
+def test_truncated_idx_still_says_truncated(synthetic_mnist):
+    path = synthetic_mnist / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DatasetInvalidError, match="where the header .* announces .* it may be truncated"):
+        load_mnist(_data_cfg(synthetic_mnist), CPU)
+
+
+def test_failed_download_into_an_empty_root_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network")
+
+    # torchvision's own MNIST.download runs (it creates MNIST/raw first); only the network is cut.
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(DatasetNotFoundError, match="The download failed"):
+        load_mnist(_data_cfg(root), CPU)
+    assert list(root.iterdir()) == [], "no empty MNIST/raw left behind"
+    absent = tmp_path / "absent"
+    with pytest.raises(DatasetNotFoundError):
+        load_mnist(_data_cfg(absent), CPU)
+    assert not absent.exists(), "a root the download created is removed again"

@@ -1,8 +1,8 @@
-"""Fashion-MNIST, static binarized MNIST, OMNIGLOT and dequantized continuous pixels.
+"""Fashion-MNIST, static binarized MNIST and dequantized continuous pixels.
 
 Each loader reads a small fixture written in its real on-disk format (gzipped IDX,
-.amat text, Omniglot's PNG folders); no network. Plus the errors (missing, truncated,
-wrong values) and the bits/dim conversion against hand computations.
+.amat text); no network. Plus the errors (missing, truncated, wrong values) and the
+bits/dim conversion against hand computations. OMNIGLOT and small NORB: test_dataset_*.py.
 """
 
 import gzip
@@ -22,7 +22,6 @@ from lvae.data import (
     load_binarized_mnist,
     load_dataset,
     load_fashion_mnist,
-    load_omniglot,
 )
 from lvae.train import run
 
@@ -30,10 +29,8 @@ from .conftest import (
     compose_config,
     write_amat,
     write_idx_gz,
-    write_omniglot_png,
     write_synthetic_binarized_mnist,
     write_synthetic_idx_dataset,
-    write_synthetic_omniglot,
 )
 
 CPU = torch.device("cpu")
@@ -105,8 +102,12 @@ def test_failed_fashion_mnist_download_is_reported(tmp_path, no_debian, monkeypa
         load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
 
 
-@pytest.mark.parametrize("damage", ["truncated gzip", "truncated content", "bad magic"])
-def test_damaged_fashion_mnist_file_gets_a_clear_error(tmp_path, no_debian, damage):
+@pytest.mark.parametrize("damage, message", [
+    ("truncated gzip", "not a complete gzip file.*it may be truncated"),
+    ("truncated content", "bytes where the header .* announces .*it may be truncated"),
+    ("bad magic", "its magic number is 00000d03, expected 00000803 .*it is not the file expected here"),
+])
+def test_damaged_fashion_mnist_file_gets_a_clear_error(tmp_path, no_debian, damage, message):
     raw = write_synthetic_idx_dataset(tmp_path / "FashionMNIST" / "raw")
     path = raw / "t10k-images-idx3-ubyte.gz"
     content = gzip.decompress(path.read_bytes())
@@ -116,8 +117,10 @@ def test_damaged_fashion_mnist_file_gets_a_clear_error(tmp_path, no_debian, dama
         path.write_bytes(gzip.compress(content[: len(content) - 100]))
     else:
         path.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + content[4:]))
-    with pytest.raises(DatasetInvalidError, match="t10k-images-idx3-ubyte.gz is not a valid IDX file"):
+    before = path.read_bytes()
+    with pytest.raises(DatasetInvalidError, match=f"t10k-images-idx3-ubyte.gz is not a valid IDX file .*{message}"):
         load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
+    assert path.read_bytes() == before, "a damaged file is reported, never overwritten"
 
 
 def test_fashion_mnist_labels_out_of_range_or_counts_that_differ_are_refused(tmp_path, no_debian):
@@ -229,55 +232,6 @@ def test_failed_binarized_mnist_download_is_reported(tmp_path, monkeypatch):
         load_binarized_mnist(_cfg("binarized_mnist", tmp_path).data, CPU)
 
 
-# ---------------------------------------------------------------- OMNIGLOT
-
-
-def test_omniglot_background_is_train_and_evaluation_is_test(tmp_path):
-    write_synthetic_omniglot(tmp_path)
-    cfg = _cfg("omniglot", tmp_path)
-    validate(cfg)
-    data = load_omniglot(cfg.data, CPU)
-    assert data.train.shape == (12, 784) and data.test.shape == (6, 784)
-    assert sorted(data.train_labels.tolist()) == [0] * 6 + [1] * 6, "labels: alphabet indices"
-    assert (data.test_labels == 0).all()
-    assert set(data.test.unique().tolist()) == {0.0, 1.0}, "binarized once"
-    # Inverted (strokes = 1, paper = 0) and shrunk by area averaging: a 15x85 bar keeps its ink.
-    assert (data.train == 0).float().mean() > 0.7
-    ink = data.train.sum(1) * (105 / 28) ** 2
-    assert torch.allclose(ink, torch.full_like(ink, 15 * 85), rtol=0.02), ink
-    again = load_omniglot(cfg.data, CPU)
-    assert torch.equal(data.train, again.train) and torch.equal(data.test, again.test), "deterministic order"
-
-
-def test_damaged_omniglot_images_are_named(tmp_path):
-    write_synthetic_omniglot(tmp_path)
-    folder = tmp_path / "omniglot-py" / "images_evaluation" / "Alphabet_0" / "character01"
-    write_omniglot_png(folder / "small.png", torch.zeros(50, 50))
-    with pytest.raises(DatasetInvalidError, match="small.png is 50x50, expected an Omniglot drawing of 105x105"):
-        load_omniglot(_cfg("omniglot", tmp_path).data, CPU)
-    (folder / "small.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(DatasetInvalidError, match="small.png is not a readable PNG"):
-        load_omniglot(_cfg("omniglot", tmp_path).data, CPU)
-
-
-def test_omniglot_with_white_strokes_is_refused(tmp_path):
-    for split in ("images_background", "images_evaluation"):
-        write_omniglot_png(tmp_path / "omniglot-py" / split / "A" / "c1" / "1.png", torch.ones(105, 105))
-    with pytest.raises(DatasetInvalidError, match="mostly ink after inversion"):
-        load_omniglot(_cfg("omniglot", tmp_path).data, CPU)
-
-
-def test_missing_or_empty_omniglot_split_says_where_it_looked(tmp_path):
-    write_synthetic_omniglot(tmp_path, alphabets=(1, 0))
-    with pytest.raises(DatasetNotFoundError) as error:
-        load_omniglot(_cfg("omniglot", tmp_path, "data.download=false").data, CPU)
-    message = str(error.value)
-    assert f"{tmp_path / 'omniglot-py'}: missing images_evaluation" in message and "data.root" in message
-    (tmp_path / "omniglot-py" / "images_evaluation").mkdir()
-    with pytest.raises(DatasetInvalidError, match="images_evaluation holds no <alphabet>/<character>/\\*.png"):
-        load_omniglot(_cfg("omniglot", tmp_path).data, CPU)
-
-
 # ---------------------------------------------------------------- dequantized continuous pixels, bits/dim
 
 
@@ -307,6 +261,8 @@ def test_dequantized_pixels_stay_in_their_bins_fresh_for_training_fixed_for_test
     (("data=fashion_mnist", "likelihood=gaussian", "data.dequantize=true"), "data.dequantize=true is for 256-level"),
     (("data=binarized_mnist", "likelihood=gaussian", "data.dequantize=true"), "data.dequantize=true is for 256"),
     (("data=omniglot", "data.merge_valid=true"), "data.merge_valid=true needs data=binarized_mnist"),
+    (("data=omniglot", "likelihood=gaussian", "data.binarize=false", "data.dequantize=true"),
+     "data.dequantize=true is for 256-level pixels: .*one of data=mnist, fashion_mnist, norb"),
 ])
 def test_contradictory_data_settings_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -348,14 +304,20 @@ TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[16,8]", "model.latent_siz
 @pytest.mark.parametrize("name, extra", [
     ("fashion_mnist", CONTINUOUS + ("model.min_variance=1e-3",)),
     ("binarized_mnist", ()),
-    ("omniglot", ()),
 ])
 def test_one_epoch_on_each_dataset(tmp_path, no_debian, name, extra):
     root = tmp_path / "data"
     write_synthetic_idx_dataset(root / "FashionMNIST" / "raw")
     write_synthetic_binarized_mnist(root)
-    write_synthetic_omniglot(root)
     metrics = run(_cfg(name, root, *TINY, *extra), tmp_path / "run")
     assert metrics["dataset"] == name
     assert math.isfinite(metrics["test_log_likelihood"]["mean"])
     assert load_dataset(_cfg(name, root).data, CPU).dim == 784
+
+
+@pytest.mark.parametrize("name, likelihood", [("mnist", "bernoulli"), ("omniglot", "bernoulli"), ("norb", "gaussian")])
+def test_the_three_dataset_preset_gives_each_dataset_its_output(name, likelihood):
+    cfg = compose_config("experiment=table1_datasets", f"data={name}")
+    validate(cfg)
+    assert cfg.likelihood == likelihood
+    assert (cfg.model.name, cfg.layers, cfg.batch_norm, cfg.warmup_epochs) == ("lvae", 5, True, 200)
