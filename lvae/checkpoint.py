@@ -1,44 +1,122 @@
-"""Checkpoints: state dicts and plain values only, written atomically, read with weights_only=True.
+"""The files of a run directory: one writer at a time, atomic writes, checkpoints that prove their integrity.
 
-A checkpoint holds everything that decides the rest of a run (model, optimiser,
-training position, every RNG state), so that a resumed run continues exactly as
-an uninterrupted one would. Writes go to a temporary file that is flushed and
-renamed over the old one: a crash, a full disk or a kill at any moment leaves the
-previous checkpoint intact.
+- `hold_run_dir` takes an exclusive lock on `<run dir>/.lock` (fcntl.flock, released by
+  the kernel when its process dies, so a crash leaves no stale lock). A second process
+  on the same directory gets RunDirBusy, naming the holder's PID and host, before it
+  has read or written anything there.
+- Every write goes to a temporary file with a name of its own, is flushed to disk and
+  renamed over the old file: a crash, a full disk or a kill at any moment leaves the
+  previous version intact.
+- A checkpoint holds everything that decides the rest of a run (model, optimiser,
+  training position, every RNG state), so that a resumed run continues exactly as an
+  uninterrupted one would, plus the SHA-256 of that content, checked on every load:
+  a damaged file is refused instead of loading wrong weights. It stays loadable with
+  `torch.load(path, weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
+import hashlib
 import json
 import os
+import pickle
 import random
+import secrets
+import socket
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the checksum; format 1 files (no checksum) still load
+HEADER_KEYS = ("format_version", "sha256")
+LOCK_FILE = ".lock"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run."""
+    """A checkpoint that cannot be read, written, or does not belong to this run."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory."""
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir's lock for the duration, or raise RunDirBusy without changing anything there.
+
+    The lock file records its holder (PID, host, start) for the message that another process gets.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's record stays
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir} is in use by {_lock_holder(fd)}: two processes writing one run would "
+                             "corrupt it, so this one stops without touching it. Wait for that process to "
+                             "end (or stop it), then run this command again.") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: the next reader finds no stale holder
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    # The holder writes its record right after taking the lock: give it a moment.
+    for _ in range(20):
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # empty or half-written
+            holder = json.loads(os.pread(fd, 4096, 0))
+            return f"process {holder['pid']} on host {holder['host']} (running since {holder['since']})"
+        time.sleep(0.05)
+    return "another process (it has not recorded its PID and host)"
+
+
+def _temporary_name(path: Path) -> Path:
+    """A name of its own beside `path` for every write: concurrent or stale writes never share one."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of writes that a kill cut short; call it while holding run_dir."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write) -> None:
     """write(file) into a temporary file beside `path`, flush it to disk, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a power cut
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode() + b"\n"))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def capture_rng_state() -> dict:
@@ -67,26 +145,97 @@ def restore_rng_state(state: dict) -> None:
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
+def content_digest(payload: dict) -> str:
+    """SHA-256 of a checkpoint's content as loaded: every key, value, tensor dtype, shape and byte.
+
+    Computed on the objects rather than the file's bytes, so that the file stays a plain
+    torch.save dict; any damage either makes the file unreadable or changes what it loads.
+    """
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)};".encode())
+            for key, item in value.items():
+                feed(key)
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__} {len(value)};".encode())
+            for item in value:
+                feed(item)
+        else:  # str, int, float, bool, None: repr is exact and stable
+            digest.update(f"{type(value).__name__} {value!r};".encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """Save tensors, state dicts and plain Python values (nothing that needs unpickling code)."""
+    """Save tensors, state dicts and plain Python values (nothing that needs unpickling code) with their digest."""
+    payload = {key: value for key, value in state.items() if key not in HEADER_KEYS}  # a loaded dict saved again
+    checkpoint = {"format_version": FORMAT_VERSION, "sha256": content_digest(payload), **payload}
     try:
-        atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f))
-    except OSError as error:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+    except (OSError, RuntimeError) as error:  # torch's zip writer turns a failed write into RuntimeError
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written before"
-        raise CheckpointError(f"could not write checkpoint {path} ({error.strerror or error}); {kept}.") from error
+        raise CheckpointError(f"could not write checkpoint {path} ({_write_failure(error)}); {kept}.") from error
+
+
+def _write_failure(error: BaseException) -> str:
+    """The OS's reason (No space left on device, ...) behind a failed write, also when torch wrapped it."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause.strerror or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return str(error)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True: a file from elsewhere cannot run code."""
+    """Read a checkpoint with weights_only=True (a file from elsewhere cannot run code) and check its digest."""
+    kept = "It was left untouched; move it away to start this run afresh."
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # truncated zip, foreign pickle, random bytes: all unreadable
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-            "It was left untouched; move it away to start this run afresh."
-        ) from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not an lvae checkpoint (format {FORMAT_VERSION}); it was left untouched.")
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_load_failure(error)}). {kept}") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"{path} is not an lvae checkpoint (format {FORMAT_VERSION}). {kept}")
+    if checkpoint["format_version"] == FORMAT_VERSION or "sha256" in checkpoint:
+        payload = {key: value for key, value in checkpoint.items() if key not in HEADER_KEYS}
+        if checkpoint.get("sha256") != content_digest(payload):
+            raise CheckpointError(f"checkpoint {path} is damaged: its content does not match the checksum "
+                                  f"written with it, so its weights cannot be trusted. {kept}")
     return checkpoint
+
+
+def state_dict_mismatch(expected: dict, found: dict, shown: int = 4) -> str:
+    """'' when `found` has the keys and shapes of `expected` (a model's state dict), else which differ."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [f"{key} {tuple(found[key].shape)} instead of {tuple(expected[key].shape)}" for key in expected
+                if key in found and found[key].shape != expected[key].shape]
+    parts = []
+    for what, keys in (("lacks", missing), ("has extra", unexpected), ("has other shapes for", reshaped)):
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"it {what} {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts)
+
+
+def _load_failure(error: Exception) -> str:
+    """What torch.load found wrong, without the advice that torch attaches for its own users."""
+    message = str(error).strip()
+    if isinstance(error, pickle.UnpicklingError) and message.startswith("Weights only load failed"):
+        # torch's text: a paragraph suggesting weights_only=False (never right for a checkpoint that
+        # lvae wrote: it holds tensors and plain values only), the reason, then a documentation link.
+        reasons = [p.strip() for p in message.split("\n\n")[1:] if p.strip() and not p.startswith("Check the doc")]
+        reason = reasons[0] if reasons else "an object that is not a tensor or a plain value"
+        return (f"it holds something that only running code could load: {reason}; lvae checkpoints hold "
+                "tensors and plain values only, so it is damaged or not one of them, and it was not loaded")
+    return f"{type(error).__name__}: {message.splitlines()[0] if message else 'no details'}"

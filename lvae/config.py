@@ -7,6 +7,7 @@ express and names the key and the allowed values in its message.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -166,6 +167,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is not allowed."""
+    _refuse_unknown_keys(cfg)
     for key, (is_allowed, allowed) in _RULES.items():
         value = OmegaConf.select(cfg, key)
         if not is_allowed(value):
@@ -189,6 +191,28 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.merge_valid and cfg.data.name != "binarized_mnist":
         raise ConfigError(f"data.merge_valid=true needs data=binarized_mnist (the only dataset with a "
                           f"validation split), not data={cfg.data.name}.")
+    if cfg.likelihood == "gaussian" and binary_data:  # a density on {0, 1} grows without bound
+        raise ConfigError("likelihood=gaussian needs continuous pixels, not binary data: use likelihood=gaussian "
+                          "data.binarize=false data.dequantize=true, or likelihood=bernoulli for binary data.")
+
+
+def _refuse_unknown_keys(cfg: DictConfig) -> None:
+    """The schema refuses a misspelt key, but not one added with `+` (`+lyers=5`): that one would be ignored."""
+    def unknown(tree: dict, schema: dict, prefix: str = "") -> list[tuple[str, list[str]]]:
+        found = []
+        for key, value in tree.items():
+            if key not in schema:
+                found.append((prefix + key, [prefix + m for m in difflib.get_close_matches(key, list(schema), n=1)]))
+            elif isinstance(value, dict) and isinstance(schema[key], dict):
+                found += unknown(value, schema[key], f"{prefix}{key}.")
+        return found
+
+    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    for key, close in unknown(OmegaConf.to_container(cfg), schema):
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key} is not a setting of lvae, so +{key}=... would be ignored: remove it{hint}.")
+
+
 
 
 def resolve_device(name: str) -> torch.device:

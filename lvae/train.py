@@ -2,16 +2,24 @@
 
 Run directory (Hydra's output dir, or any folder given to `run`):
     config.yaml      the fully resolved config
-    checkpoint.pt    model, optimiser, training position and RNG states (weights_only=True)
+    checkpoint.pt    model, optimiser, training position, RNG states and their checksum (weights_only=True)
     metrics.json     status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     the test log-likelihood and test ELBO of every test image (float64 tensors)
     tensorboard/     scalars per epoch
+    .lock            held by the one process that works on the run (see lvae.checkpoint.hold_run_dir)
+
+A run holds its directory from start to end; a second process there stops with a
+message (RunDirBusy). Nothing in the directory changes until the run is accepted
+(its config fits the checkpoint there, its data loaded); from then on every way
+out leaves metrics.json's status `completed`, `interrupted` or `failed` with the reason.
 
 Running the same config on the same directory again continues from the last
 checkpoint (and returns at once if the run is complete); on the CPU the result is
-bitwise identical to a run that was never interrupted. SIGTERM and SIGINT write a
-checkpoint at the next step and stop; a non-finite loss or gradient stops the run
-at the end of its epoch without touching the last good checkpoint.
+bitwise identical to a run that was never interrupted, whatever step it stopped at.
+SIGTERM and SIGINT during training write a checkpoint at the next step and stop; at
+any other time they stop at once (evaluation starts again on a rerun). A
+non-finite loss or gradient stops the run at the end of its epoch without touching
+the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -38,10 +46,14 @@ from .checkpoint import (
     CheckpointError,
     atomic_write,
     capture_rng_state,
+    hold_run_dir,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
+    state_dict_mismatch,
     write_json,
+    write_text,
 )
 from .analyze import analyze_runs, log_to_tensorboard
 from .config import ConfigError, resolve_device, run_differences, validate
@@ -55,13 +67,19 @@ from .report import format_run
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT = "checkpoint.pt"
+
 
 class RunFailed(RuntimeError):
-    """Training produced a non-finite loss or gradient."""
+    """Training produced a non-finite loss or gradient, first at `epoch` and `step` (both from 1)."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 class RunInterrupted(RuntimeError):
-    """A signal stopped training after a checkpoint was written."""
+    """A signal stopped the run (during training: after a checkpoint was written)."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
@@ -86,11 +104,23 @@ class TrainingState:
         return asdict(self)
 
 
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 class StopRequest:
-    """Set by SIGTERM/SIGINT; the training loop checks it after every step (no host sync)."""
+    """SIGTERM/SIGINT during a run.
+
+    While `deferred` (training), a signal only sets `signum`: the loop checks it after
+    every step and writes a checkpoint before it stops, without a host sync. At any
+    other time (loading, evaluation) it raises RunInterrupted at once, naming `stage`:
+    nothing half-done there is worth saving, and a rerun starts that stage again.
+    """
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.deferred = False
+        self.stage = "start-up"
 
     @contextlib.contextmanager
     def catching_signals(self):
@@ -104,8 +134,19 @@ class StopRequest:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    @contextlib.contextmanager
+    def deferring(self):
+        self.deferred = True
+        try:
+            yield self
+        finally:
+            self.deferred = False
+
     def _handle(self, signum, frame) -> None:
         self.signum = signum
+        if not self.deferred:
+            self.deferred = True  # a second signal must not cut short the clean-up of the first
+            raise RunInterrupted(signum, f"stopped by {_signal_name(signum)} during {self.stage}")
 
 
 def seed_everything(seed: int) -> None:
@@ -118,7 +159,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
                 save: Callable[[TrainingState], None] = lambda state: None,
                 stop: Optional[StopRequest] = None) -> TrainingState:
     """Train from `state` (default: the start) to cfg.train.epochs, calling save(state) every
-    checkpoint_every epochs and before stopping on `stop`.
+    checkpoint_every epochs and before stopping on `stop`. `state` is updated in place.
 
     Running sums and the non-finite check stay on the device and are read once
     per epoch, so no step waits for the host.
@@ -137,6 +178,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
             state.sums = torch.zeros(2 + model.num_layers, device=data.train.device)
         started = time.perf_counter()
         first_bad_step = torch.full((), -1, device=data.train.device)
+        # A checkpoint taken after the epoch's last step resumes here with no batch left to run.
         while state.next_batch < n_batches:
             x = data.train_batch(state.order, state.next_batch, tc.batch_size)
             kl_weight = kl_warmup_weight(state.step, n_batches, cfg.warmup_epochs)
@@ -159,10 +201,11 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
                 _raise_if_diverged(first_bad_step, epoch)
                 state.train_seconds += time.perf_counter() - started
                 save(state)
-                raise RunInterrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} at epoch "
+                raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at epoch "
                                      f"{epoch + 1}, step {state.step}; checkpoint written")
         _raise_if_diverged(first_bad_step, epoch)
         bound_mean, elbo_mean, *kl = (state.sums / state.seen).tolist()  # the one host sync of the epoch
+        kl_weight = kl_warmup_weight(state.step - 1, n_batches, cfg.warmup_epochs)  # that of the epoch's last step
         state.train_seconds += time.perf_counter() - started
         state.history.append({"epoch": epoch + 1, "train_objective": bound_mean, "train_elbo": elbo_mean,
                               "kl_weight": kl_weight, "kl_per_layer": kl, "seconds": time.perf_counter() - started})
@@ -178,7 +221,7 @@ def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int) -> None:
     step = int(first_bad_step)
     if step >= 0:
         raise RunFailed(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
-                        "(steps counted from the start of training); the last good checkpoint was kept")
+                        "(steps counted from the start of training)", epoch + 1, step + 1)
 
 
 def _log_epoch(writer: SummaryWriter, record: dict) -> None:
@@ -198,11 +241,14 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
         raise ConfigError(f"the checkpoint in {path.parent} belongs to another run; refusing to resume it with "
                           f"a config that differs in: {'; '.join(differences)}. Use another run directory "
                           "(other overrides or hydra.run.dir=...), or the original config.")
+    mismatch = state_dict_mismatch(model.state_dict(), checkpoint["model"])
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}. It was left untouched.")
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from error
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {str(error).strip()}") from error
     restore_rng_state(checkpoint["rng"])
     state = TrainingState(**checkpoint["training"])
     if state.epoch > cfg.train.epochs:
@@ -226,81 +272,172 @@ def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
     return metrics if same and metrics.get("status") == "completed" else None
 
 
-def _status(run_dir: Path, status: str, **fields) -> None:
-    write_json(run_dir / "metrics.json", {"status": status, **fields})
+def _record_status(run_dir: Path, status: str, **fields) -> None:
+    """metrics.json's status on the way out of a run. Failing to write it (a full disk) is
+    logged, not raised: it must not hide why the run stopped."""
+    try:
+        write_json(run_dir / "metrics.json", {"status": status, **fields})
+    except OSError as error:
+        log.error("could not record status %r in %s: %s", status, run_dir / "metrics.json", error.strerror or error)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate the run that `cfg` describes in run_dir, resuming what is there."""
+@dataclass
+class _Session:
+    """A run set up in its directory: what training and evaluation work on."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    origin: dict  # provenance, taken at the start: the code that runs is the code checked out now
+    data: ImageData
+    model: HierarchicalVAE
+    optimizer: torch.optim.Optimizer
+    state: TrainingState
+    checkpointed: Optional[tuple[int, int]] = None  # (epochs, steps) of the checkpoint on disk, if any
+
+    def save(self, state: TrainingState, rng: Optional[dict] = None) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, model=self.model.state_dict(),
+                        optimizer=self.optimizer.state_dict(), training=state.to_checkpoint(),
+                        rng=rng or capture_rng_state(), config=OmegaConf.to_container(self.cfg, resolve=True))
+        self.checkpointed = (state.epoch, state.step)
+        write_json(self.run_dir / "metrics.json", {"status": "running", **self.position()})
+
+    def position(self) -> dict:
+        """Where a rerun resumes: the epochs and steps of the checkpoint on disk."""
+        epoch, step = self.checkpointed or (0, 0)
+        return {"epoch": epoch, "step": step}
+
+    def kept_checkpoint(self) -> str:
+        if self.checkpointed is None:
+            return "no checkpoint had been written yet, so a rerun starts from the beginning"
+        epoch, step = self.checkpointed
+        return f"the last good checkpoint (step {step}, {epoch} epochs complete) was kept"
+
+
+def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] = None) -> dict:
+    """Train and evaluate the run that `cfg` describes in run_dir, resuming what is there.
+
+    record_files (path in run_dir -> text) record how the run was launched (the CLI's
+    .hydra/); they are written with config.yaml once the run is accepted, so that a
+    refused launch leaves the record of the run as it was.
+    """
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.json"
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    finished = _finished_metrics(run_dir, cfg) if checkpoint is not None else None
-    if finished is not None:
-        log.info("run already complete in %s\n%s", run_dir, format_run(finished))
-        return finished
+    with hold_run_dir(run_dir), StopRequest().catching_signals() as stop:
+        remove_stale_temporaries(run_dir)  # the lock is ours: no other write is in progress
+        checkpoint_path = run_dir / CHECKPOINT
+        checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+        finished = _finished_metrics(run_dir, cfg) if checkpoint is not None else None
+        if finished is not None:
+            return _already_complete(cfg, run_dir, finished, stop)
+        session = _set_up(cfg, run_dir, checkpoint)
+        _accept(session, record_files or {})
+        try:
+            with SummaryWriter(str(run_dir / "tensorboard"), purge_step=session.state.epoch + 1) as writer:
+                _train(session, writer, stop)
+                started = time.perf_counter()
+                results = _evaluate(session, writer)
+            metrics = _write_metrics(session, results, time.perf_counter() - started)
+        except RunInterrupted as error:
+            _record_status(run_dir, "interrupted", reason=str(error), **session.position())
+            raise
+        except RunFailed as error:
+            reason = f"{error}; {session.kept_checkpoint()}"
+            _record_status(run_dir, "failed", reason=reason, failed_epoch=error.epoch, failed_step=error.step,
+                           **session.position())
+            raise RunFailed(reason, error.epoch, error.step) from None
+        except Exception as error:
+            reason = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
+            _record_status(run_dir, "failed", reason=reason, **session.position())
+            raise
+        if cfg.eval.analyze:
+            stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
+            analyze_runs([run_dir], run_dir, cfg.eval.test_subset, session.device)
+        log.info("run dir: %s\n%s", run_dir, format_run(metrics))
+        return metrics
+
+
+def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopRequest) -> dict:
+    if cfg.eval.analyze and not (run_dir / "analysis.json").exists():  # a run stopped during its analysis
+        stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
+        analyze_runs([run_dir], run_dir, cfg.eval.test_subset, resolve_device(cfg.device))
+    log.info("run already complete in %s\n%s", run_dir, format_run(metrics))
+    return metrics
+
+
+def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Session:
+    """Data, model, optimiser and training position (from the checkpoint, if any); writes nothing."""
     if 0 < cfg.train.epochs < cfg.warmup_epochs:
         log.warning("warmup_epochs=%d > train.epochs=%d: the KL weight ends at %.2f, so the bounds "
                     "are not those of the model's real objective.", cfg.warmup_epochs, cfg.train.epochs,
                     cfg.train.epochs / cfg.warmup_epochs)
-
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    origin = provenance(device)  # at the start: the code that runs is the code checked out now
+    origin = provenance(device)
     data = load_dataset(cfg.data, device)
     model = build_model(cfg, data.dim).to(device)
     tc = cfg.train
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
-    state = TrainingState()
+    session = _Session(cfg, run_dir, device, origin, data, model, optimizer, TrainingState())
     if checkpoint is not None:
-        state = _restore(checkpoint, cfg, checkpoint_path, model, optimizer)
-        log.info("resuming %s from epoch %d, step %d", run_dir, state.epoch, state.step)
+        session.state = _restore(checkpoint, cfg, run_dir / CHECKPOINT, model, optimizer)
+        session.checkpointed = (session.state.epoch, session.state.step)
+        log.info("resuming %s from epoch %d, step %d", run_dir, session.state.epoch, session.state.step)
     elif cfg.init_from:
         load_initial_weights(model, Path(cfg.init_from))
         log.info("starting from the final weights of %s", cfg.init_from)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    return session
 
-    def save(state: TrainingState, rng: Optional[dict] = None) -> None:
-        save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        training=state.to_checkpoint(), rng=rng or capture_rng_state(), config=config)
-        _status(run_dir, "running", epoch=state.epoch, step=state.step)
 
-    with SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.epoch + 1) as writer:
-        if state.epoch < tc.epochs:
-            try:
-                with StopRequest().catching_signals() as stop:
-                    state = train_model(model, optimizer, data, cfg, writer, state, save, stop)
-            except RunFailed as error:
-                _status(run_dir, "failed", reason=str(error), epoch=state.epoch, step=state.step)
-                raise
-            except RunInterrupted as error:
-                _status(run_dir, "interrupted", reason=str(error), epoch=state.epoch, step=state.step)
-                raise
+def _accept(session: _Session, record_files: dict[str, str]) -> None:
+    """The run is accepted: from here on it writes its directory, first its config and how it was launched."""
+    write_text(session.run_dir / "config.yaml", OmegaConf.to_yaml(session.cfg, resolve=True))
+    for name, text in record_files.items():
+        path = session.run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+
+
+def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
+    """Train to the end, then write the final checkpoint; a signal waits for a checkpoint (see StopRequest)."""
+    cfg = session.cfg
+    with stop.deferring():
+        if session.state.epoch < cfg.train.epochs:
+            train_model(session.model, session.optimizer, session.data, cfg, writer, session.state, session.save,
+                        stop)
         # The final checkpoint holds the evaluation's batch-norm statistics but the RNG state
         # of the end of training, so that evaluating it again repeats this evaluation exactly.
         rng_after_training = capture_rng_state()
-        recompute_batchnorm_statistics(model, data.train_batches(tc.batch_size))
-        save(state, rng_after_training)
-        started = time.perf_counter()
-        results = evaluate_model(model, data, cfg)
-        per_image = results.pop("per_image")
-        atomic_write(run_dir / "per_image.pt", lambda f: torch.save(per_image, f))
-        if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
-            for key in ("test_log_likelihood", "test_elbo", "train_bound"):
-                results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
-                results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
-        for key in ("test_log_likelihood", "test_elbo", "train_bound"):
-            writer.add_scalar(f"eval/{key}", results[key]["mean"], tc.epochs)
-        results["active_units"] = log_to_tensorboard(writer, model, data, tc.epochs, cfg.eval.memory_budget_mb,
-                                                     cfg.eval.test_subset).counts()
-        writer.add_hparams(_hparams(cfg), {f"hparam/{key}": results[key]["mean"]
-                                           for key in ("test_log_likelihood", "test_elbo", "train_bound")},
-                           run_name=".")
+        recompute_batchnorm_statistics(session.model, session.data.train_batches(cfg.train.batch_size))
+        session.save(session.state, rng_after_training)
+        stop.stage = "evaluation (training is complete and checkpointed; a rerun only evaluates)"
+    if stop.signum is not None:  # came after the last step's check
+        raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at the end of training; "
+                             "the final checkpoint is written")
 
-    evaluate_seconds = time.perf_counter() - started
+
+def _evaluate(session: _Session, writer: SummaryWriter) -> dict:
+    """The end-of-run numbers, also logged to TensorBoard."""
+    cfg, data, model, epochs = session.cfg, session.data, session.model, session.cfg.train.epochs
+    results = evaluate_model(model, data, cfg)
+    per_image = results.pop("per_image")
+    atomic_write(session.run_dir / "per_image.pt", lambda f: torch.save(per_image, f))
+    if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
+        for key in ("test_log_likelihood", "test_elbo", "train_bound"):
+            results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
+            results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
+    for key in ("test_log_likelihood", "test_elbo", "train_bound"):
+        writer.add_scalar(f"eval/{key}", results[key]["mean"], epochs)
+    results["active_units"] = log_to_tensorboard(writer, model, data, epochs, cfg.eval.memory_budget_mb,
+                                                 cfg.eval.test_subset).counts()
+    writer.add_hparams(_hparams(cfg), {f"hparam/{key}": results[key]["mean"]
+                                       for key in ("test_log_likelihood", "test_elbo", "train_bound")},
+                       run_name=".")
+    return results
+
+
+def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) -> dict:
+    cfg, state = session.cfg, session.state
     metrics = {
         "status": "completed",
         "model": cfg.model.name,
@@ -309,19 +446,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "warmup_epochs": cfg.warmup_epochs,
         "likelihood": cfg.likelihood,
         "dataset": cfg.data.name,
-        "dequantized": data.dequantize,
-        "epochs": tc.epochs,
+        "dequantized": session.data.dequantize,
+        "epochs": cfg.train.epochs,
         "seed": cfg.seed,
         **results,
         "wall_time_s": {"train": state.train_seconds, "evaluate": evaluate_seconds,
                         "total": state.train_seconds + evaluate_seconds},
-        **origin,
+        **session.origin,
         "history": state.history,
     }
-    write_json(metrics_path, metrics)
-    if cfg.eval.analyze:
-        analyze_runs([run_dir], run_dir, cfg.eval.test_subset, device)
-    log.info("run dir: %s\n%s", run_dir, format_run(metrics))
+    write_json(session.run_dir / "metrics.json", metrics)
     return metrics
 
 
