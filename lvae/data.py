@@ -640,11 +640,12 @@ def load_norb(cfg: DictConfig, device: torch.device) -> ImageData:
     instances 4, 6, 7, 8, 9 and test instances 0, 1, 2, 3, 5 of each). Both cameras are used,
     each image once: 48,600 training and 48,600 test images. (The LVAE authors' loader stacks
     camera 0 twice, which doubles every image instead of adding the other camera.) Images are
-    shrunk to 32x32 (D = 1024) and dequantized, x = (pixel + u) / 256 (data.dequantize, the
-    authors' scaling up to their 255.99 instead of 256), so log-densities are in nats of x
-    and in bits/dim of the pixels. Each split is put in a fixed shuffled order. Labels are the
-    categories 0-4. Read from <root>/smallnorb/ (the files plain or gzipped; the -info files
-    are not needed), downloaded there from NYU (MD5-checked) when data.download=true.
+    shrunk to 32x32 (D = 1024) and dequantized, x = (pixel + u) / 256 (data.dequantize; the
+    authors divide by the largest noisy training value, just under 256), so log-densities
+    are in nats of x and in bits/dim of the pixels. Each split is put in a fixed shuffled
+    order. Labels are the categories 0-4. Read from <root>/smallnorb/ (the files plain or
+    gzipped; the -info files are not needed), downloaded there from NYU (MD5-checked) when
+    data.download=true.
     """
     folder = _root(cfg) / "smallnorb"
     files = [file for split in NORB_FILES.values() for file in split.values()]
