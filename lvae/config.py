@@ -24,6 +24,7 @@ MAX_LAYERS = 5
 MODEL_NAMES = ("vae", "lvae")
 DEVICES = ("auto", "cpu", "cuda")
 LIKELIHOODS = ("bernoulli", "gaussian")
+INITS = ("pytorch", "glorot")
 DATASETS = tuple(DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry
 BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
@@ -37,6 +38,10 @@ class ModelConfig:
     latent_sizes: list[int] = field(default_factory=lambda: [64, 32, 16, 8, 4])
     mlp_depth: int = 2  # hidden layers of each deterministic map d(y) = MLP(y)
     min_variance: float = 1e-6  # added to softplus so that no variance reaches zero
+    # Where the authors' released code differs from the paper (README, "Where we differ"); off = the paper.
+    head_batch_norm: bool = False  # batch norm also on every mean and variance map (with batch_norm=true)
+    vae_mirror_encoder_widths: bool = False  # the VAE's map z_{i+1} -> z_i as wide as its encoder's z_i -> z_{i+1}
+    init: str = "pytorch"  # pytorch (torch.nn defaults) | glorot (Glorot-normal, zero biases, as Lasagne)
 
 
 @dataclass
@@ -143,6 +148,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.name": (lambda v: v in MODEL_NAMES, f"one of {', '.join(MODEL_NAMES)}"),
     "model.mlp_depth": (lambda v: v >= 0, "an integer >= 0"),
     "model.min_variance": (_positive, "a number > 0"),
+    "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
     "data.name": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "data.train_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
     "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
@@ -211,8 +217,6 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
     for key, close in unknown(OmegaConf.to_container(cfg), schema):
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"{key} is not a setting of lvae, so +{key}=... would be ignored: remove it{hint}.")
-
-
 
 
 def resolve_device(name: str) -> torch.device:

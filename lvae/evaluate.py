@@ -21,18 +21,31 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from .data import ImageData
-from .models import MLP, HierarchicalVAE
+from .models import HierarchicalVAE
 from .objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
 BYTES_PER_FLOAT = 4
 
 
+@contextlib.contextmanager
+def float32_matmuls(allow_tf32: bool):
+    """CUDA matmuls and convolutions in full float32 unless allow_tf32; the previous setting is restored."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
 @torch.no_grad()
-def recompute_batchnorm_statistics(model: HierarchicalVAE, batches: Iterable[torch.Tensor]) -> None:
-    """Replace running batch-norm statistics by their average over `batches`.
+def recompute_batchnorm_statistics(model: HierarchicalVAE, batches: Iterable[torch.Tensor],
+                                   allow_tf32: bool = False) -> None:
+    """Replace running batch-norm statistics by their average over `batches` (full float32 on CUDA
+    unless allow_tf32: the statistics are part of the measurement).
 
     The authors compute test-time statistics over the whole training set rather
-    than keeping the exponential moving average of training (PAPER.md §4).
+    than keeping the exponential moving average of training (docs/method.md, section 5).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     if not norms:
@@ -42,8 +55,9 @@ def recompute_batchnorm_statistics(model: HierarchicalVAE, batches: Iterable[tor
         m.reset_running_stats()
         m.momentum = None  # None = cumulative average over all batches seen
     model.train()
-    for x in batches:
-        model(x)
+    with float32_matmuls(allow_tf32):
+        for x in batches:
+            model(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
@@ -56,15 +70,11 @@ def fold_batchnorm(model: HierarchicalVAE) -> HierarchicalVAE:
     function with one pass over each activation instead of two.
     """
     folded = copy.deepcopy(model).eval()
-    for mlp in folded.modules():
-        if isinstance(mlp, MLP):
-            layers: list[nn.Module] = []
-            for layer in mlp.net:
-                if isinstance(layer, nn.BatchNorm1d):
-                    layers[-1] = fuse_linear_bn_eval(layers[-1], layer)
-                else:
-                    layers.append(layer)
-            mlp.net = nn.Sequential(*layers)
+    for sequence in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:  # MLPs and `dense` maps
+        for i in reversed(range(1, len(sequence))):
+            if isinstance(sequence[i], nn.BatchNorm1d):
+                sequence[i - 1] = fuse_linear_bn_eval(sequence[i - 1], sequence[i])
+                del sequence[i]
     return folded
 
 
@@ -140,17 +150,6 @@ def mean_and_stderr(values: torch.Tensor) -> dict:
     values = values.double()
     stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return {"mean": values.mean().item(), "stderr": stderr, "images": len(values)}
-
-
-@contextlib.contextmanager
-def float32_matmuls(allow_tf32: bool):
-    """CUDA matmuls and convolutions in full float32 unless allow_tf32; the previous setting is restored."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:

@@ -88,6 +88,18 @@ class Trace:
     log_px: torch.Tensor  # log p(x|z_1), (S, B)
 
 
+def over_samples(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """module(y) for y of shape (..., C): BatchNorm1d wants (N, C), so the sample and batch axes are folded."""
+    out = module(y.reshape(-1, y.shape[-1]))
+    return out.reshape(*y.shape[:-1], out.shape[-1])
+
+
+def dense(in_features: int, out_features: int, batch_norm: bool) -> nn.Module:
+    """Linear, followed by batch norm when asked."""
+    linear = nn.Linear(in_features, out_features)
+    return nn.Sequential(linear, nn.BatchNorm1d(out_features)) if batch_norm else linear
+
+
 class MLP(nn.Module):
     """d(y) = MLP(y): `depth` x (Linear -> [BatchNorm] -> leaky ReLU); identity when depth = 0."""
 
@@ -103,53 +115,56 @@ class MLP(nn.Module):
         self.out_features = width if depth > 0 else in_features
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        # BatchNorm1d wants (N, C): fold the sample and batch axes together.
-        leading = y.shape[:-1]
-        return self.net(y.reshape(-1, y.shape[-1])).reshape(*leading, self.out_features)
+        return over_samples(self.net, y)
 
 
 class GaussianHead(nn.Module):
-    """mu = Linear(d), sigma2 = Softplus(Linear(d)) + min_variance (PAPER.md §2)."""
+    """mu = Linear(d), sigma2 = Softplus(Linear(d)) + min_variance (docs/method.md, eq. 2).
 
-    def __init__(self, in_features: int, out_features: int, min_variance: float):
+    batch_norm puts batch norm after both linear maps (the authors' code does; the paper
+    describes batch norm in the MLPs only).
+    """
+
+    def __init__(self, in_features: int, out_features: int, min_variance: float, batch_norm: bool = False):
         super().__init__()
-        self.mean = nn.Linear(in_features, out_features)
-        self.var = nn.Linear(in_features, out_features)
+        self.mean = dense(in_features, out_features, batch_norm)
+        self.var = dense(in_features, out_features, batch_norm)
         self.min_variance = min_variance
 
     def forward(self, d: torch.Tensor) -> Gaussian:
-        return self.mean(d), F.softplus(self.var(d)) + self.min_variance
+        return over_samples(self.mean, d), F.softplus(over_samples(self.var, d)) + self.min_variance
 
 
 class GaussianMap(nn.Module):
     """y -> (mu(y), sigma2(y)) through d(y) = MLP(y)."""
 
     def __init__(self, in_features: int, out_features: int, width: int, depth: int,
-                 batch_norm: bool, min_variance: float):
+                 batch_norm: bool, min_variance: float, head_batch_norm: bool = False):
         super().__init__()
         self.body = MLP(in_features, width, depth, batch_norm)
-        self.head = GaussianHead(self.body.out_features, out_features, min_variance)
+        self.head = GaussianHead(self.body.out_features, out_features, min_variance, head_batch_norm)
 
     def forward(self, y: torch.Tensor) -> Gaussian:
         return self.head(self.body(y))
 
 
 class TopDownGenerative(nn.Module):
-    """p(z_L) = N(0, I), p(z_i|z_{i+1}) = N(mu_p,i, sigma2_p,i) (eq. 2), p(x|z_1) (eq. 3).
+    """p(z_L) = N(0, I), p(z_i|z_{i+1}) = N(mu_p,i, sigma2_p,i), p(x|z_1) (docs/method.md, eq. 1-3).
 
-    The map into z_i uses hidden width hidden_sizes[i], the same as the inference
-    map that produces z_i; p(x|z_1) uses hidden_sizes[0].
+    The map z_{i+1} -> z_i has hidden width prior_widths[i]; p(x|z_1) has decoder_width.
+    The output layer never has batch norm.
     """
 
-    def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
-                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+    def __init__(self, data_dim: int, latent_sizes: list[int], prior_widths: list[int], decoder_width: int,
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float, head_batch_norm: bool = False):
         super().__init__()
         self.latent_sizes = latent_sizes
         self.priors = nn.ModuleList(
-            GaussianMap(latent_sizes[i + 1], latent_sizes[i], hidden_sizes[i], depth, batch_norm, min_variance)
+            GaussianMap(latent_sizes[i + 1], latent_sizes[i], prior_widths[i], depth, batch_norm, min_variance,
+                        head_batch_norm)
             for i in range(len(latent_sizes) - 1)
         )
-        self.decoder_body = MLP(latent_sizes[0], hidden_sizes[0], depth, batch_norm)
+        self.decoder_body = MLP(latent_sizes[0], decoder_width, depth, batch_norm)
         self.likelihood = likelihood
         if likelihood == "bernoulli":
             self.decoder_head: nn.Module = nn.Linear(self.decoder_body.out_features, data_dim)
@@ -186,16 +201,25 @@ class TopDownGenerative(nn.Module):
 
 
 class HierarchicalVAE(nn.Module):
-    """What both models share: the generative model and the layout of a trace."""
+    """What both models share: the generative model and the layout of a trace.
+
+    hidden_sizes[i] is the width of the maps into z_i, of inference and of the prior
+    (as the paper describes one generative model for both); prior_widths overrides the
+    prior's (the authors' code gives its VAE's prior the widths that mirror its encoder).
+    head_batch_norm adds batch norm to every mean and variance map (the authors' code).
+    """
 
     def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
-                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float,
+                 head_batch_norm: bool = False, prior_widths: Optional[list[int]] = None):
         super().__init__()
         self.data_dim = data_dim
         self.latent_sizes = list(latent_sizes)
         self.hidden_sizes = list(hidden_sizes)
+        self.head_batch_norm = batch_norm and head_batch_norm
         self.generative = TopDownGenerative(
-            data_dim, self.latent_sizes, self.hidden_sizes, depth, batch_norm, likelihood, min_variance
+            data_dim, self.latent_sizes, list(prior_widths or self.hidden_sizes[:-1]), self.hidden_sizes[0],
+            depth, batch_norm, likelihood, min_variance, self.head_batch_norm,
         )
 
     @property
@@ -236,11 +260,12 @@ class BottomUpVAE(HierarchicalVAE):
     """q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}) (slides, "VAE inference part")."""
 
     def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
-                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
-        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance)
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float, **options):
+        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance, **options)
         inputs = [data_dim] + self.latent_sizes[:-1]
         self.encoders = nn.ModuleList(
-            GaussianMap(inputs[i], self.latent_sizes[i], self.hidden_sizes[i], depth, batch_norm, min_variance)
+            GaussianMap(inputs[i], self.latent_sizes[i], self.hidden_sizes[i], depth, batch_norm, min_variance,
+                        self.head_batch_norm)
             for i in range(self.num_layers)
         )
 
@@ -273,15 +298,16 @@ class LadderVAE(HierarchicalVAE):
     """Deterministic upward pass, then precision-weighted top-down inference (PAPER.md §3)."""
 
     def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
-                 depth: int, batch_norm: bool, likelihood: str, min_variance: float):
-        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance)
+                 depth: int, batch_norm: bool, likelihood: str, min_variance: float, **options):
+        super().__init__(data_dim, latent_sizes, hidden_sizes, depth, batch_norm, likelihood, min_variance, **options)
         self.upward = nn.ModuleList()
         self.upward_heads = nn.ModuleList()
         width = data_dim
         for i in range(self.num_layers):
             mlp = MLP(width, self.hidden_sizes[i], depth, batch_norm)
             self.upward.append(mlp)
-            self.upward_heads.append(GaussianHead(mlp.out_features, self.latent_sizes[i], min_variance))
+            self.upward_heads.append(GaussianHead(mlp.out_features, self.latent_sizes[i], min_variance,
+                                                  self.head_batch_norm))
             width = mlp.out_features
 
     def encode(self, x: torch.Tensor) -> list[Gaussian]:
@@ -311,15 +337,33 @@ class LadderVAE(HierarchicalVAE):
 MODELS = {"vae": BottomUpVAE, "lvae": LadderVAE}
 
 
+def glorot_init(model: nn.Module) -> None:
+    """Glorot-normal weights and zero biases, as the authors' Lasagne code: gain sqrt(2) in the
+    MLPs' hidden layers (Lasagne's 'relu' gain), 1 in the mean, variance and output maps."""
+    hidden = {id(m) for mlp in model.modules() if isinstance(mlp, MLP) for m in mlp.modules()}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            gain = nn.init.calculate_gain("relu") if id(module) in hidden else 1.0
+            nn.init.xavier_normal_(module.weight, gain=gain)
+            nn.init.zeros_(module.bias)
+
+
 def build_model(cfg: DictConfig, data_dim: int) -> HierarchicalVAE:
     """The model a (validated) run config describes."""
     layers = cfg.layers
-    return MODELS[cfg.model.name](
+    hidden_sizes = list(cfg.model.hidden_sizes[:layers])
+    mirror = cfg.model.name == "vae" and cfg.model.vae_mirror_encoder_widths
+    model = MODELS[cfg.model.name](
         data_dim=data_dim,
         latent_sizes=list(cfg.model.latent_sizes[:layers]),
-        hidden_sizes=list(cfg.model.hidden_sizes[:layers]),
+        hidden_sizes=hidden_sizes,
         depth=cfg.model.mlp_depth,
         batch_norm=cfg.batch_norm,
         likelihood=cfg.likelihood,
         min_variance=cfg.model.min_variance,
+        head_batch_norm=cfg.model.head_batch_norm,
+        prior_widths=hidden_sizes[1:] if mirror else None,  # z_{i+1} -> z_i as wide as z_i -> z_{i+1}
     )
+    if cfg.model.init == "glorot":
+        glorot_init(model)
+    return model

@@ -34,6 +34,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONFIG_DIR, Config, run_defining_values
+from .provenance import NUMERICS_MODULES, code_fingerprint, fingerprint_of
 from .sweep import Job, jobs_of_sweep_dir
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def format_run(metrics: dict) -> str:
     lines = [
         f"{variant_name(metrics)}, {metrics['layers']} layers, {metrics['epochs']} epochs, "
         f"{metrics['wall_time_s']['total']:.0f} s on {metrics['device']}",
-        f"  test log p(x), IW K={ll['iw_samples']} over {ll['images']} images: {_bound(ll)} nats",
+        f"  test log p(x), IW K={ll['iw_samples']} over {ll['images']} images: {_bound(ll)} nats"
+        + (f" (gap left at K about {ll['remaining_gap']:.3f})" if ll.get("remaining_gap") is not None else ""),
         f"  test ELBO, 1 sample over {test_elbo['images']} images:    {_bound(test_elbo)} nats",
         f"  train bound (K={train['iw_samples']}) over {train['images']} images:    {_bound(train)} nats",
         f"  KL per layer (test, z1..z{metrics['layers']}): {kl}",
@@ -89,8 +91,19 @@ def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
     return runs
 
 
+def code_mark(metrics: dict) -> str:
+    """"" for a run scored by the estimators installed now; " †" for other or unknown code."""
+    return "" if fingerprint_of(metrics) == code_fingerprint() else " †"
+
+
+OTHER_CODE_NOTE = ("† scored by other code: the modules that define the numbers (lvae/"
+                   + ", lvae/".join(NUMERICS_MODULES) + ") differed from the installed ones, or the run "
+                   "does not say which code it ran. Its numbers are not those of this code: rerun it in a "
+                   "fresh directory to replace them.")
+
+
 def markdown_table(runs: list[tuple[Path, dict | None]]) -> str:
-    header = ("| run | variant | layers | epochs | test log p(x) | K | test images | test ELBO "
+    header = ("| run | variant | layers | epochs | test log p(x) | K | gap left at K | test images | test ELBO "
               "| train bound | KL per layer | time (s) |")
     columns = header.count("|") - 1
     lines = [header, "|" + "---|" * columns]
@@ -101,11 +114,14 @@ def markdown_table(runs: list[tuple[Path, dict | None]]) -> str:
             continue
         ll = m["test_log_likelihood"]
         kl = " / ".join(f"{v:.1f}" for v in m["kl_per_layer"])
+        gap = ll.get("remaining_gap")
         lines.append(
-            f"| {run_dir.name} | {variant_name(m)} | {m['layers']} | {m['epochs']} | {_bound(ll)} "
-            f"| {ll['iw_samples']} | {ll['images']} | {_bound(m['test_elbo'])} | {_bound(m['train_bound'])} "
-            f"| {kl} | {m['wall_time_s']['total']:.0f} |"
+            f"| {run_dir.name}{code_mark(m)} | {variant_name(m)} | {m['layers']} | {m['epochs']} | {_bound(ll)} "
+            f"| {ll['iw_samples']} | {'' if gap is None else f'{gap:.3f}'} | {ll['images']} "
+            f"| {_bound(m['test_elbo'])} | {_bound(m['train_bound'])} | {kl} | {m['wall_time_s']['total']:.0f} |"
         )
+    if any(m and m.get("status") == "completed" and code_mark(m) for _, m in runs):
+        lines += ["", OTHER_CODE_NOTE]
     return "\n".join(lines)
 
 
@@ -336,6 +352,7 @@ def format_cell(runs: list[RunRecord], values: list[list[float]], digits: int = 
     text = " / ".join(_spread(v, digits) for v in values)
     if len(values[0]) > 1:
         text += f" (n={len(values[0])})"
+    text += "".join(sorted({code_mark(r.metrics) for r in runs if r.completed}))
     return f"{text}; {not_done}" if not_done else text
 
 
@@ -403,7 +420,12 @@ def report_header(records: list[RunRecord], title: str) -> list[str]:
         "",
         "Cells: the number of one run, or the mean ± standard deviation over seeds (n = seeds). A cell "
         "also counts its runs without a result: failed, interrupted, running, unfinished (started, no "
-        "metrics.json yet) or missing (expected by the sweep's multirun.yaml, no folder).",
+        "metrics.json yet) or missing (expected by the sweep's multirun.yaml, no folder). † marks "
+        "numbers from other code (see below the runs).",
+        "",
+        "Gap left at K (runs table): the K-sample estimate minus the mean of its two K/2-sample halves, "
+        "from the same samples. The bound's gap to log p(x) shrinks about as 1/K, so this estimates "
+        "how far the K-sample number still is below log p(x).",
     ]
 
 

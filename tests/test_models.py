@@ -1,10 +1,12 @@
 """Model structure: shapes, the LVAE's merged posterior, shared per-image work, gradients."""
 
+import math
+
 import pytest
 import torch
 
 from lvae.distributions import precision_weighted_merge
-from lvae.models import BottomUpVAE, LadderVAE, build_model
+from lvae.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
 from lvae.objectives import training_bound
 
 from .conftest import compose_config
@@ -12,9 +14,9 @@ from .conftest import compose_config
 D, B, S = 20, 8, 3
 
 
-def small_model(name: str, layers: int, batch_norm: bool = True):
+def small_model(name: str, layers: int, batch_norm: bool = True, *overrides: str):
     cfg = compose_config(f"model={name}", f"layers={layers}", f"batch_norm={batch_norm}",
-                         "model.hidden_sizes=[16,12,10,8,6]", "model.latent_sizes=[6,5,4,3,2]")
+                         "model.hidden_sizes=[16,12,10,8,6]", "model.latent_sizes=[6,5,4,3,2]", *overrides)
     return build_model(cfg, D)
 
 
@@ -108,12 +110,13 @@ def test_prior_samples_are_images():
     assert samples.shape == (10, D) and ((samples >= 0) & (samples <= 1)).all()
 
 
+@pytest.mark.parametrize("head_batch_norm", [False, True])
 @pytest.mark.parametrize("name", ["vae", "lvae"])
-def test_folding_batchnorm_keeps_the_function(name):
+def test_folding_batchnorm_keeps_the_function(name, head_batch_norm):
     from lvae.evaluate import fold_batchnorm
 
     torch.manual_seed(0)
-    model = small_model(name, 3)
+    model = small_model(name, 3, True, f"model.head_batch_norm={head_batch_norm}")
     for x in (torch.bernoulli(torch.rand(64, D)) for _ in range(3)):  # non-trivial running statistics
         model(x)
     model.eval()
@@ -126,3 +129,45 @@ def test_folding_batchnorm_keeps_the_function(name):
     torch.manual_seed(3)
     actual = folded(x, S)
     torch.testing.assert_close(actual.log_px, expected.log_px, rtol=1e-4, atol=1e-4)
+
+
+# --- Where the authors' code differs from the paper: switches, off by default -------------------
+
+@pytest.mark.parametrize("name", ["vae", "lvae"])
+def test_head_batch_norm_normalises_every_mean_and_variance_map(name):
+    def heads(model):
+        return [m for m in model.modules() if isinstance(m, GaussianHead)]
+
+    plain, normed = small_model(name, 3), small_model(name, 3, True, "model.head_batch_norm=true")
+    assert all(isinstance(h.mean, torch.nn.Linear) for h in heads(plain))
+    assert all(isinstance(h.mean[1], torch.nn.BatchNorm1d) and isinstance(h.var[1], torch.nn.BatchNorm1d)
+               for h in heads(normed))
+    assert len(heads(normed)) == 3 + 2, "3 inference heads and 2 prior heads (Bernoulli output: no head)"
+    no_bn = small_model(name, 3, False, "model.head_batch_norm=true")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in no_bn.modules()), "only with batch_norm=true"
+    trace = normed(torch.bernoulli(torch.rand(B, D)), S)
+    assert trace.layers[0].z.shape == (S, B, 6)
+
+
+def test_vae_prior_widths_can_mirror_the_encoder():
+    def prior_widths(model):
+        return [prior.body.net[0].out_features for prior in model.generative.priors]
+
+    assert prior_widths(small_model("vae", 4)) == [16, 12, 10], "the map into z_i: hidden_sizes[i]"
+    mirrored = small_model("vae", 4, True, "model.vae_mirror_encoder_widths=true")
+    assert prior_widths(mirrored) == [12, 10, 8], "the map z_(i+1) -> z_i: hidden_sizes[i+1]"
+    assert [e.body.net[0].out_features for e in mirrored.encoders] == [16, 12, 10, 8]
+    lvae = small_model("lvae", 4, True, "model.vae_mirror_encoder_widths=true")
+    assert prior_widths(lvae) == [16, 12, 10], "the switch is the VAE's only"
+
+
+def test_glorot_init():
+    torch.manual_seed(0)
+    cfg = compose_config("model=lvae", "layers=2", "model.init=glorot")
+    model = build_model(cfg, 784)
+    first = model.upward[0].net[0]  # 784 -> 512, a hidden layer: gain sqrt(2)
+    expected_std = math.sqrt(2.0) * math.sqrt(2.0 / (784 + 512))
+    assert abs(first.weight.std().item() / expected_std - 1) < 0.02
+    head = model.upward_heads[0].mean  # 512 -> 64: gain 1
+    assert abs(head.weight.std().item() / math.sqrt(2.0 / (512 + 64)) - 1) < 0.05
+    assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, torch.nn.Linear))

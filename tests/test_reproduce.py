@@ -18,6 +18,7 @@ from lvae.checkpoint import CheckpointError, load_checkpoint
 from lvae.config import CONFIG_DIR, ConfigError
 from lvae.finetune import learning_rate, load_initial_weights
 from lvae.models import build_model
+from lvae.provenance import code_fingerprint
 from lvae.report import BUDGET_KEYS, collect_runs, main as report_main
 from lvae.reproduce import estimate_jobs, main as reproduce_main
 from lvae.sweep import sweep_jobs
@@ -112,7 +113,7 @@ def _completed(cfg, ll: float, active_kl: list[int]) -> dict:
         "kl_per_layer": [10.0] * cfg.layers, "wall_time_s": {"total": 60.0},
         "active_units": {"layer_sizes": [64, 32][: cfg.layers], "kl": active_kl, "cov": [n - 1 for n in active_kl]},
         "device": "cpu (x86_64, 2 threads)", "date": "2026-11-24T05:00:00+00:00",
-        "command": "train.py -m experiment=fig3 budget=quick",
+        "command": "train.py -m experiment=fig3 budget=quick", "code_fingerprint": code_fingerprint(),
     }
 
 
