@@ -1,4 +1,4 @@
-"""Looking inside a trained hierarchy (PAPER.md §5, "Other analyses").
+"""Looking inside a trained hierarchy (docs/method.md, section 5; the paper's section on active units and PCA).
 
 - Active units per layer, by the paper's criterion (the KL term of a unit, averaged
   over the data, above 0.01 nats) and by Burda et al.'s (Cov_x(E_q[z_u|x]) > 0.01).
@@ -27,7 +27,7 @@ from torchvision.utils import make_grid, save_image
 from .evaluate import per_image
 from .models import HierarchicalVAE, StochasticLayer
 
-ACTIVITY_THRESHOLD = 0.01  # both criteria of PAPER.md §5
+ACTIVITY_THRESHOLD = 0.01  # both criteria (docs/method.md, section 5)
 DIGITS = 10
 
 
@@ -85,7 +85,7 @@ def per_layer_per_image(model: HierarchicalVAE, images: torch.Tensor, n_samples:
 
 def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float,
                  n_samples: int = 1) -> ActiveUnits:
-    """Per-unit activity of every layer on `images`, by both criteria of PAPER.md §5.
+    """Per-unit activity of every layer on `images`, by both criteria of docs/method.md, section 5.
 
     KL criterion (the paper): the unit's KL term E_q[log q(z_u|.) - log p(z_u|z_{i+1})],
     estimated without bias by `StochasticLayer.kl_term_per_unit` (analytic for top-down

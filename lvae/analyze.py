@@ -7,7 +7,7 @@ batch-norm statistics are the training-time running averages.
 The model is rebuilt from the config, loaded with the checkpoint's weights and
 batch-norm statistics, and looked at on the test images. Written into --out:
 
-    active_units.png            active units per layer, both criteria (PAPER.md §5)
+    active_units.png            active units per layer, both criteria (docs/method.md, section 5)
     pca.png                     first two principal components of each layer's posterior
     kl_per_layer.png            KL per layer against epoch (runs with a metrics.json)
     samples_<run>.png           prior samples E[x | z_1], z ~ p(z)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lvae.analyze",
         description="Active units, PCA of each layer's posterior, KL per layer, prior samples and "
-                    "reconstructions of trained runs (PAPER.md §5).")
+                    "reconstructions of trained runs (docs/method.md, section 5).")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directories holding config.yaml and checkpoint.pt")
     parser.add_argument("--out", type=Path, help="output folder (default: the run directory for one run, "

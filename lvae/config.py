@@ -33,7 +33,7 @@ GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pi
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    # Bottom (z_1) to top (z_5); a model with L layers uses the first L (PAPER.md §4).
+    # Bottom (z_1) to top (z_5); a model with L layers uses the first L (docs/method.md, section 4).
     hidden_sizes: list[int] = field(default_factory=lambda: [512, 256, 128, 64, 32])
     latent_sizes: list[int] = field(default_factory=lambda: [64, 32, 16, 8, 4])
     mlp_depth: int = 2  # hidden layers of each deterministic map d(y) = MLP(y)

@@ -1,4 +1,4 @@
-"""Image datasets as tensors on the compute device (PAPER.md §4).
+"""Image datasets as tensors on the compute device (docs/method.md, section 4; docs/datasets.md).
 
 A whole dataset lives on the device as one tensor; a training batch is an index
 into it, drawn afresh on the fly (re-binarized, or dequantized), so every epoch sees
@@ -433,7 +433,7 @@ def load_binarized_mnist(cfg: DictConfig, device: torch.device) -> ImageData:
 
     50,000 train / 10,000 valid / 10,000 test images, binarized once by their authors and
     never re-binarized here (static binarization overfits and scores worse than dynamic,
-    PAPER.md §6). Nothing here uses a validation set (no early stopping), so
+    a known trap of other reproductions). Nothing here uses a validation set (no early stopping), so
     data.merge_valid=true (configs/data/binarized_mnist.yaml) trains on train+valid,
     60,000 images as for MNIST; data.merge_valid=false trains on the 50,000 only. No labels
     (-1). Read from <root>/binarized_mnist/, downloaded there when data.download=true.

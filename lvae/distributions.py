@@ -38,7 +38,7 @@ def bernoulli_log_prob(value: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
 def precision_weighted_merge(
     mean_a: torch.Tensor, var_a: torch.Tensor, mean_b: torch.Tensor, var_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised product of two diagonal Gaussians (PAPER.md §3, the LVAE downward pass).
+    """Normalised product of two diagonal Gaussians (docs/method.md, eq. 5, the LVAE downward pass).
 
     sigma2_q = 1 / (sigma_a^-2 + sigma_b^-2),  mu_q = (mu_a sigma_a^-2 + mu_b sigma_b^-2) sigma2_q.
     """

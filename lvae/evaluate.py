@@ -1,6 +1,6 @@
 """Evaluation: batch-norm statistics, the importance-weighted log-likelihood and bounds.
 
-The 5000-sample estimate of log p(x) (PAPER.md §1) is computed in chunks sized by
+The 5000-sample estimate of log p(x) (docs/method.md, eq. 9) is computed in chunks sized by
 a memory budget: a chunk holds `images x samples` pairs, and when one image's
 samples do not fit they are split over several chunks and combined with a
 running logsumexp in float64. The per-image work (`model.encode`) runs once per

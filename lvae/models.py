@@ -1,6 +1,6 @@
 """The hierarchical VAE (bottom-up inference) and the Ladder VAE (top-down inference).
 
-Both share one generative model (PAPER.md §2, slides eq. 1-3). A forward pass
+Both share one generative model (docs/method.md, eq. 1-3). A forward pass
 returns a `Trace`: for every stochastic layer the sample z_i, the parameters of
 q(z_i|.) and of p(z_i|z_{i+1}), and log p(x|z_1). Objectives and evaluation are
 computed from the trace alone, so both models share them.
@@ -60,7 +60,7 @@ class StochasticLayer:
         return gaussian_log_prob(self.z, self.p_mean, self.p_var).sum(-1)
 
     def kl_term_per_unit(self) -> torch.Tensor:
-        """Unbiased one-sample estimate of this layer's ELBO term, per unit (docs/method.md, eq. 6)."""
+        """Unbiased one-sample estimate of this layer's ELBO term, per unit (docs/method.md, eq. 7)."""
         return gaussian_kl(self.q_mean, self.q_var, self.p_mean, self.p_var)
 
 
@@ -70,7 +70,7 @@ class BottomUpLayer(StochasticLayer):
 
     The analytic KL at the sampled z_{i+1} is biased here: z_{i+1} depends on z_i, so the
     expected cross-entropy is not the cross-entropy at the sample. The unbiased term scores
-    both densities at the joint sample, log q(z_i|z_{i-1}) - log p(z_i|z_{i+1}) (docs/method.md, eq. 7).
+    both densities at the joint sample, log q(z_i|z_{i-1}) - log p(z_i|z_{i+1}) (docs/method.md, eq. 8).
 
     Why not the analytic entropy of q(z_i|z_{i-1}) in place of log q: with z_i = mu + sigma * eps
     the two differ by (eps^2 - 1) / 2 per unit, a term free of parameters, so their gradients are
@@ -295,7 +295,7 @@ class BottomUpVAE(HierarchicalVAE):
 
 
 class LadderVAE(HierarchicalVAE):
-    """Deterministic upward pass, then precision-weighted top-down inference (PAPER.md §3)."""
+    """Deterministic upward pass, then precision-weighted top-down inference (docs/method.md, eq. 5)."""
 
     def __init__(self, data_dim: int, latent_sizes: list[int], hidden_sizes: list[int],
                  depth: int, batch_norm: bool, likelihood: str, min_variance: float, **options):

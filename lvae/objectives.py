@@ -1,4 +1,4 @@
-"""Training and evaluation bounds computed from a model's `Trace` (PAPER.md §1).
+"""Training and evaluation bounds computed from a model's `Trace` (docs/method.md, section 3).
 
 Samples in a trace are laid out sample-major: S = mc_samples * iw_samples, and
 sample s = m * iw_samples + k.
@@ -14,7 +14,7 @@ from .models import Trace
 
 
 def kl_warmup_weight(step: int, steps_per_epoch: int, warmup_epochs: int) -> float:
-    """Weight on the KL part, rising linearly from 0 to 1 over `warmup_epochs` (PAPER.md §4).
+    """Weight on the KL part, rising linearly from 0 to 1 over `warmup_epochs` (docs/method.md, eq. 11).
 
     Updated every step so that short warm-ups (a few epochs) still ramp smoothly;
     warmup_epochs = 0 switches warm-up off (weight 1 from the first step).

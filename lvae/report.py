@@ -3,7 +3,7 @@
 Every folder below the given ones that holds a metrics.json or a config.yaml is a
 run; a run without a finished metrics.json is listed as such, never dropped, and so
 is a run that a sweep's multirun.yaml asks for but that has no folder ("missing").
-Prints a table of the runs and writes, into --out (default: the first DIR):
+Prints a table of the runs and writes, into --out or --publish (default: the first DIR):
 
     results.md    budget, hardware, dates, commands; rows = variants, columns = layers:
                   train bound, test bound (1-sample ELBO), test log-likelihood (IW, K
@@ -22,6 +22,7 @@ import csv
 import datetime
 import json
 import logging
+import shutil
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -168,16 +169,19 @@ QUANTITIES = {  # metrics.json key -> what it is (the three panels of the paper'
     "test_log_likelihood": "Test log-likelihood",
 }
 PAPER_ORDER = ("VAE", "VAE+BN", "VAE+BN+WU", "LVAE+BN+WU")  # Figure 3's variants, first in every table
-# (quantity, row, layers) -> (nats, where the number comes from). PAPER.md §5 quotes the paper's
-# table only; Figure 3's curves are not given as numbers, so every other cell stays blank.
+# (quantity, row, layers) -> (nats, where the number comes from): the paper's tables (Sønderby et al.
+# 2016, arXiv:1602.02282). Figure 3's curves are a plot, not numbers, so every other cell stays blank.
+# Rows of other datasets than MNIST carry the dataset's name (`row_label`); NORB's number is left out.
 PAPER_NUMBERS = {
-    ("test_log_likelihood", "LVAE+BN+WU", 5): (-82.1, "PAPER.md §5 table, LVAE 5-layer (\"about -82.1\")"),
+    ("test_log_likelihood", "LVAE+BN+WU", 5): (-82.1, "the paper's MNIST table, LVAE 5-layer (about -82.1)"),
     ("test_log_likelihood", "LVAE+BN+WU + fine-tuning (MC=10)", 5):
-        (-81.8, "PAPER.md §5 table, LVAE 5-layer + fine-tuning (\"about -81.8\")"),
+        (-81.8, "the paper's MNIST table, LVAE 5-layer + fine-tuning (about -81.8)"),
     ("test_log_likelihood", "LVAE+BN+WU + fine-tuning (MC=10, IW=10)", 5):
-        (-81.74, "PAPER.md §5 table, LVAE 5-layer + fine-tuning + IW=10"),
+        (-81.74, "the paper's MNIST table, LVAE 5-layer + fine-tuning + IW=10"),
     ("test_log_likelihood", "VAE", 2):
-        (-85.33, "PAPER.md §5 table, Burda et al.'s 2-layer VAE (k=1): their architecture, not this one"),
+        (-85.33, "the paper's MNIST table, Burda et al.'s 2-layer VAE (k=1): their architecture, not this one"),
+    ("test_log_likelihood", "LVAE+BN+WU, omniglot", 5):
+        (-102.1, "the paper's OMNIGLOT result, LVAE 5-layer (about -102.1)"),
 }
 # The keys a budget (configs/budget/) sets; no budget changes anything else about a run.
 BUDGET_KEYS = ("train.epochs", "warmup_epochs", "data.train_subset",
@@ -250,9 +254,12 @@ def collect_runs(roots: list[Path]) -> list[RunRecord]:
 
 
 def row_label(setting: dict) -> str:
-    """"LVAE+BN+WU"; "... + fine-tuning" for a run started from another; "(MC=10, IW=10)" for its training samples."""
+    """"LVAE+BN+WU"; ", omniglot" on other data than MNIST; "... + fine-tuning" for a run started from
+    another; "(MC=10, IW=10)" for its training samples."""
     label = variant_label(setting["model.name"], setting["batch_norm"], setting["warmup_epochs"],
                           show_warmup_epochs=False)
+    if setting.get("data.name", "mnist") != "mnist":
+        label = f"{label}, {setting['data.name']}"
     if setting.get("init_from"):
         base = _read_config(Path(setting["init_from"]))
         label = f"{row_label(run_setting(base)) if base else label} + fine-tuning"
@@ -403,9 +410,9 @@ def report_header(records: list[RunRecord], title: str) -> list[str]:
     if deviations:
         name = f"Budget `{', '.join(sorted(names))}`: a" if names else "A"
         budget = (f"**{name} short budget, not the paper's.** It differs from the paper's "
-                  f"(PAPER.md §4, configs/budget/paper.yaml) in: {'; '.join(deviations)}.")
+                  f"(configs/budget/paper.yaml) in: {'; '.join(deviations)}.")
     else:
-        budget = ("Budget: the paper's (PAPER.md §4): 2000 epochs, warm-up over 200, all 60,000 training images, "
+        budget = ("Budget: the paper's (configs/budget/paper.yaml): 2000 epochs, warm-up over 200, all 60,000 training images, "
                   "K=5000 on all 10,000 test images.")
     statuses = Counter(r.status for r in records)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
@@ -471,7 +478,7 @@ def results_markdown(records: list[RunRecord], grid: Grid, title: str) -> str:
     shown = [(quantity, row, n) for quantity, row, n in PAPER_NUMBERS if row in grid.rows and n in grid.layers]
     lines += ["", "The paper column: " + ("; ".join(f"{row}, L={n}: {PAPER_NUMBERS[q, row, n][1]}"
                                                     for q, row, n in shown) or "no published number for these rows")
-              + ". PAPER.md gives no number for the other cells (Figure 3's curves are a plot), so they are blank."]
+              + ". The paper gives no number for the other cells (Figure 3's curves are a plot), so they are blank."]
     lines += ["", "## Runs", "", markdown_table([(r.run_dir, r.metrics) for r in records if r.status != "missing"])]
     stopped = [r for r in records if r.status in ("failed", "interrupted")]
     if stopped:
@@ -522,7 +529,7 @@ def plot_grid(grid: Grid, path: Path, title: str) -> None:
                 if (quantity, row, n) in PAPER_NUMBERS:
                     ax.plot(n, PAPER_NUMBERS[quantity, row, n][0], linestyle="none", marker="*", markersize=15,
                             color=f"C{colour}", markeredgecolor="black",
-                            label="the paper's number (PAPER.md §5), in its variant's colour")
+                            label="the paper's number, in its variant's colour")
         ax.set_title(f"{letter}) {name}", fontsize=12)
         ax.set_xlabel("stochastic layers")
         ax.set_ylabel("nats (higher is better)")
@@ -553,11 +560,34 @@ def write_report(records: list[RunRecord], out_dir: Path) -> list[Path]:
     return paths
 
 
+# What `--publish` copies of each run: its numbers, config and per-image estimates, never checkpoints.
+PUBLISHED_FILES = ("metrics.json", "config.yaml", "per_image.pt")
+
+
+def publish_runs(records: list[RunRecord], out_dir: Path) -> None:
+    """Copy each run's PUBLISHED_FILES into out_dir/<run folder name>/, a record that can be reported again."""
+    names = Counter(r.run_dir.name for r in records if r.run_dir.is_dir())
+    clashes = sorted(name for name, count in names.items() if count > 1)
+    if clashes:
+        raise ValueError(f"several runs are named {', '.join(clashes)}: publish their folders separately")
+    for record in records:
+        if record.run_dir.is_dir() and record.run_dir.resolve() != (out_dir / record.run_dir.name).resolve():
+            target = out_dir / record.run_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for name in PUBLISHED_FILES:
+                if (record.run_dir / name).exists():
+                    shutil.copy2(record.run_dir / name, target / name)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--out", type=Path, help="where results.md, results.csv and fig3.png go "
                                                  "(default: the first directory)")
+    parser.add_argument("--publish", type=Path, metavar="DIR",
+                        help="write the report into DIR and copy each run's " + ", ".join(PUBLISHED_FILES)
+                             + " there (e.g. results/<name>: the committed record of a result; runs "
+                               "themselves go to outputs/, which git ignores)")
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
@@ -569,7 +599,9 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(runs))
     print()
     print(budget_summary([m for _, m in runs if m and m.get("status") == "completed"]))
-    for path in write_report(records, args.out or args.dirs[0]):
+    if args.publish:
+        publish_runs(records, args.publish)
+    for path in write_report(records, args.publish or args.out or args.dirs[0]):
         print(f"wrote {path}")
 
 

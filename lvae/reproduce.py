@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import CONFIG_DIR, ConfigError, validate
 from .models import build_model
+from .provenance import code_fingerprint, fingerprint_of
 from .report import collect_runs, write_report
 from .sweep import Job, sweep_jobs
 
@@ -85,25 +86,34 @@ def estimate_run(cfg: DictConfig, epochs_done: int = 0) -> Estimate:
                     overhead=SECONDS_PER_RUN)
 
 
-def trained_epochs(run_dir: Path) -> tuple[str | None, int]:
-    """A run folder's status (None: no metrics.json) and how many epochs it has trained."""
+def stored_metrics(run_dir: Path) -> dict:
+    """A run folder's metrics.json ({} when there is none)."""
     path = run_dir / "metrics.json"
-    if not path.exists():
-        return None, 0
-    metrics = json.loads(path.read_text())
-    return metrics.get("status"), metrics.get("epochs", metrics.get("epoch", 0))
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def estimate_jobs(jobs: list[Job]) -> tuple[Estimate, int]:
-    """The estimate of the jobs still to run, and how many are complete already."""
-    total, complete = Estimate(overhead=SECONDS_TO_START), 0
+def estimate_jobs(jobs: list[Job]) -> tuple[Estimate, int, list[Path]]:
+    """The estimate of the jobs still to run, how many are complete already, and which of
+    those were scored by other code than the installed one."""
+    total, complete, other_code = Estimate(overhead=SECONDS_TO_START), 0, []
     for job in jobs:
-        status, epochs = trained_epochs(REPO_ROOT / job.run_dir)
+        metrics = stored_metrics(REPO_ROOT / job.run_dir)
+        status, epochs = metrics.get("status"), metrics.get("epochs", metrics.get("epoch", 0))
         if status == "completed" and epochs == job.config.train.epochs:
             complete += 1
+            if fingerprint_of(metrics) != code_fingerprint():
+                other_code.append(job.run_dir)
         else:
             total += estimate_run(job.config, epochs if status != "completed" else 0)
-    return total, complete
+    return total, complete, other_code
+
+
+def describe_other_code(run_dirs: list[Path]) -> str:
+    """A warning for complete runs whose numbers come from other code (never taken silently)."""
+    listed = "\n".join(f"    {run_dir}" for run_dir in run_dirs)
+    return (f"WARNING: {len(run_dirs)} of the complete runs were scored by other code than the installed one "
+            f"(or do not say by which). They are not trained again, and the report marks their numbers with †. "
+            f"To recompute them with this code, move their folders away first:\n{listed}")
 
 
 def duration(seconds: float) -> str:
@@ -146,9 +156,11 @@ def main(argv: list[str] | None = None) -> None:
             validate(job.config)
     except ConfigError as error:
         parser.exit(2, f"{error}\n")
-    estimate, complete = estimate_jobs([job for jobs in jobs_per_step for job in jobs])
+    estimate, complete, other_code = estimate_jobs([job for jobs in jobs_per_step for job in jobs])
     runs = sum(map(len, jobs_per_step))
     print(describe_estimate(estimate, runs, complete, f"experiment={args.experiment} budget={args.budget}"))
+    if other_code:
+        print(describe_other_code(other_code))
     commands = [[sys.executable, "train.py", "-m", *step] for step in steps]
     for command in commands:
         print("$", " ".join(command[1:]), flush=True)

@@ -54,3 +54,45 @@ def test_runs_scored_by_other_code_are_marked(tmp_path):
     assert table[3].startswith("| old † |") and table[4].startswith("| unknown † |")
     assert table[-1] == OTHER_CODE_NOTE
     assert OTHER_CODE_NOTE not in markdown_table(runs[:1])
+
+
+def test_publish_copies_the_records_and_reports_them_again(tmp_path):
+    runs, published = tmp_path / "outputs" / "sweep", tmp_path / "results" / "sweep"
+    for name, ll in (("vae", -101.0), ("lvae", -99.0)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps(_metrics(name, ll)))
+        (runs / name / "checkpoint.pt").write_bytes(b"large")
+    main([str(runs), "--publish", str(published)])
+    assert sorted(p.name for p in published.iterdir()) == ["fig3.png", "lvae", "results.csv", "results.md", "vae"]
+    assert not (published / "vae" / "checkpoint.pt").exists(), "checkpoints stay with the runs"
+    assert [d.name for d, _ in find_runs([published])] == ["lvae", "vae"]
+
+
+def test_no_run_output_is_tracked_by_git():
+    """outputs/ is where runs go: a fresh clone must have none there, or `make reproduce` would
+    show stored numbers instead of training. Published results live in results/."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=repo, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        import pytest
+        pytest.skip("not a git checkout")
+    assert tracked.stdout == ""
+
+
+def test_rows_of_other_datasets_carry_the_dataset_and_the_papers_number():
+    from pathlib import Path
+
+    from lvae.report import RunRecord, _paper_cell, build_grid
+
+    def record(name: str, dataset: str) -> RunRecord:
+        setting = {"model.name": "lvae", "batch_norm": True, "warmup_epochs": 200, "layers": 5, "seed": 0,
+                   "data.name": dataset, "likelihood": "gaussian" if dataset == "norb" else "bernoulli"}
+        return RunRecord(Path(name), "completed", _metrics("lvae", -90.0), setting)
+
+    grid = build_grid([record(d, d) for d in ("mnist", "omniglot", "norb")])
+    assert grid.rows == ["LVAE+BN+WU", "LVAE+BN+WU, norb", "LVAE+BN+WU, omniglot"]
+    cells = {row: _paper_cell("test_log_likelihood", row, grid.layers) for row in grid.rows}
+    assert cells == {"LVAE+BN+WU": "-82.1 (L=5)", "LVAE+BN+WU, omniglot": "-102.1 (L=5)", "LVAE+BN+WU, norb": ""}

@@ -20,7 +20,7 @@ from lvae.finetune import learning_rate, load_initial_weights
 from lvae.models import build_model
 from lvae.provenance import code_fingerprint
 from lvae.report import BUDGET_KEYS, collect_runs, main as report_main
-from lvae.reproduce import estimate_jobs, main as reproduce_main
+from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce_main
 from lvae.sweep import sweep_jobs
 from lvae.train import run
 
@@ -86,9 +86,21 @@ def test_budgets_keep_the_model_and_the_papers_warmup_ratio():
 
 def test_quick_budget_is_estimated_within_the_hour(tmp_path):
     jobs = sweep_jobs(["experiment=fig3", "budget=quick", f"hydra.sweep.dir={tmp_path}"])
-    estimate, complete = estimate_jobs(jobs)
-    assert complete == 0
+    estimate, complete, other_code = estimate_jobs(jobs)
+    assert complete == 0 and other_code == []
     assert 45 * 60 <= estimate.total <= 55 * 60
+
+
+def test_complete_runs_of_other_code_are_counted_and_named(tmp_path):
+    """A stored result of other code is never taken silently: reproduce names it."""
+    jobs = sweep_jobs(["experiment=fig3", "budget=quick", "variant=vae", "layers=1,2", f"hydra.sweep.dir={tmp_path}"])
+    for job, fingerprint in zip(jobs, [code_fingerprint(), "0" * 16]):
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "epochs": job.config.train.epochs, "code_fingerprint": fingerprint}))
+    _, complete, other_code = estimate_jobs(jobs)
+    assert complete == 2 and other_code == [jobs[1].run_dir]
+    assert str(jobs[1].run_dir) in describe_other_code(other_code)
 
 
 def test_slurm_preset_is_submitit_with_overridable_resources():
