@@ -1,0 +1,106 @@
+"""Paired comparison of two sets of runs on the same test images: `python -m lvae.compare`.
+
+    python -m lvae.compare --a VAE_RUN [VAE_RUN ...] --b LVAE_RUN [LVAE_RUN ...] [--images N]
+
+Runs of a and b are paired by seed. Every run stores the estimate of each test image
+(per_image.pt), and all runs of one dataset score the same test images (binarized once
+with data.binarization_seed), so a pair's difference b - a is taken image by image: its
+standard error is that of the per-image differences, far smaller than either run's own
+standard error, which is dominated by how much the images differ from one another.
+Over seeds, the table gives the mean and standard deviation of each quantity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Run:
+    path: Path
+    seed: int
+    label: str
+    per_image: dict[str, torch.Tensor]  # quantity -> (N,) float64
+
+
+def load_run(path: Path) -> Run:
+    metrics = json.loads((path / "metrics.json").read_text())
+    if metrics.get("status") != "completed":
+        raise ValueError(f"{path} is not a completed run (status {metrics.get('status')!r})")
+    if not (path / "per_image.pt").exists():
+        raise ValueError(f"{path} has no per_image.pt (runs record it since the per-image estimates were added)")
+    per_image = torch.load(path / "per_image.pt", weights_only=True)
+    return Run(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image)
+
+
+@dataclass
+class Paired:
+    """b - a on the first `images` test images of one pair of runs, for one quantity."""
+
+    seed: int
+    images: int
+    mean_a: float
+    mean_b: float
+    difference: float
+    difference_stderr: float
+
+
+def paired(a: Run, b: Run, quantity: str, images: int | None = None) -> Paired:
+    n = min(len(a.per_image[quantity]), len(b.per_image[quantity]), images or math.inf)
+    values_a, values_b = a.per_image[quantity][:n], b.per_image[quantity][:n]
+    difference = values_b - values_a
+    stderr = difference.std().item() / math.sqrt(n) if n > 1 else math.nan
+    return Paired(a.seed, n, values_a.mean().item(), values_b.mean().item(), difference.mean().item(), stderr)
+
+
+def pair_by_seed(runs_a: list[Run], runs_b: list[Run]) -> list[tuple[Run, Run]]:
+    by_seed = {run.seed: run for run in runs_b}
+    pairs = [(a, by_seed[a.seed]) for a in runs_a if a.seed in by_seed]
+    if not pairs:
+        raise ValueError("no seed is shared by the runs of --a and --b")
+    return pairs
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def comparison_table(pairs: list[tuple[Run, Run]], images: int | None = None) -> str:
+    """Markdown: one line per seed and quantity, then the mean ± std over seeds."""
+    lines = []
+    for quantity in ("test_log_likelihood", "test_elbo"):
+        results = [paired(a, b, quantity, images) for a, b in pairs]
+        a_label, b_label = pairs[0][0].label, pairs[0][1].label
+        lines += [f"{quantity} (nats, first {min(r.images for r in results)} test images)", "",
+                  f"| seed | {a_label} | {b_label} | {b_label} - {a_label} (paired, ± s.e.) |", "|---|---|---|---|"]
+        lines += [f"| {r.seed} | {r.mean_a:.2f} | {r.mean_b:.2f} | {r.difference:+.2f} ± {r.difference_stderr:.2f} |"
+                  for r in results]
+        lines += [f"| mean ± std over {len(results)} seeds | {_mean_std([r.mean_a for r in results])} "
+                  f"| {_mean_std([r.mean_b for r in results])} | {_mean_std([r.difference for r in results])} |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lvae.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--a", nargs="+", type=Path, required=True, help="run directories of the first model")
+    parser.add_argument("--b", nargs="+", type=Path, required=True, help="run directories of the second model")
+    parser.add_argument("--images", type=int, help="compare on the first N test images (default: all shared)")
+    args = parser.parse_args(argv)
+    try:
+        pairs = pair_by_seed([load_run(p) for p in args.a], [load_run(p) for p in args.b])
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{error}\n")
+    print(comparison_table(pairs, args.images))
+
+
+if __name__ == "__main__":
+    main()

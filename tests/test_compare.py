@@ -1,0 +1,49 @@
+"""The paired comparison of runs, on per-image estimates written by hand."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lvae.compare import main, pair_by_seed, paired, load_run
+
+
+def _run(path, model: str, seed: int, values: torch.Tensor):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({"status": "completed", "model": model, "layers": 5, "seed": seed}))
+    torch.save({"test_log_likelihood": values, "test_elbo": values - 5}, path / "per_image.pt")
+    return path
+
+
+def test_paired_difference_and_its_standard_error(tmp_path):
+    base = torch.randn(400, dtype=torch.float64) * 10 - 90  # images differ a lot from one another
+    noise = torch.randn(400, dtype=torch.float64) * 0.5
+    a = load_run(_run(tmp_path / "a", "vae", 0, base))
+    b = load_run(_run(tmp_path / "b", "lvae", 0, torch.cat([base + 1.0 + noise, torch.zeros(100)])))
+    result = paired(a, b, "test_log_likelihood")
+    assert result.images == 400, "only the images both runs scored"
+    assert result.difference == pytest.approx(1.0 + noise.mean().item())
+    assert result.difference_stderr == pytest.approx(noise.std().item() / math.sqrt(400))
+    assert result.difference_stderr < 0.05, "pairing removes the spread between images"
+    assert paired(a, b, "test_log_likelihood", images=100).images == 100
+
+
+def test_runs_are_paired_by_seed_and_the_table_prints(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a = [_run(tmp_path / f"a{s}", "vae", s, values) for s in (0, 1, 2)]
+    b = [_run(tmp_path / f"b{s}", "lvae", s, values + 0.5 * (s + 1)) for s in (2, 0)]
+    pairs = pair_by_seed([load_run(p) for p in a], [load_run(p) for p in b])
+    assert [(x.seed, y.seed) for x, y in pairs] == [(0, 0), (2, 2)]
+    main(["--a", *map(str, a), "--b", *map(str, b)])
+    out = capsys.readouterr().out
+    assert "| 0 | -90.00 | -89.50 | +0.50 ± 0.00 |" in out
+    assert "| mean ± std over 2 seeds | -90.00 ± 0.00 | -89.00 ± 0.71 | +1.00 ± 0.71 |".replace("+1.00", "1.00") in out
+
+
+def test_a_run_without_per_image_estimates_is_refused(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps({"status": "completed", "model": "vae", "layers": 5,
+                                                               "seed": 0}))
+    with pytest.raises(SystemExit):
+        main(["--a", str(tmp_path / "old"), "--b", str(tmp_path / "old")])
