@@ -235,7 +235,7 @@ def _load_failure(error: Exception) -> str:
         # torch's text: a paragraph suggesting weights_only=False (never right for a checkpoint that
         # lvae wrote: it holds tensors and plain values only), the reason, then a documentation link.
         reasons = [p.strip() for p in message.split("\n\n")[1:] if p.strip() and not p.startswith("Check the doc")]
-        reason = reasons[0] if reasons else "an object that is not a tensor or a plain value"
-        return (f"it holds something that only running code could load: {reason}; lvae checkpoints hold "
-                "tensors and plain values only, so it is damaged or not one of them, and it was not loaded")
+        reason = reasons[0].rstrip(".") if reasons else "an object that is not a tensor or a plain value"
+        return (f"loading it safely (weights_only=True) was refused: {reason}; lvae writes only tensors and "
+                "plain values, so the file is damaged or is not an lvae checkpoint, and nothing in it was run")
     return f"{type(error).__name__}: {message.splitlines()[0] if message else 'no details'}"

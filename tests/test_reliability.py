@@ -55,15 +55,16 @@ def two_epochs(tmp_path_factory):
 @pytest.fixture
 def signal_at(monkeypatch):
     """signal_at(signum, where, call): `where` (a function of lvae.train) sends signum to this
-    process on its call-th call, as SLURM or Ctrl-C would. SIGTERM's default action is replaced
-    meanwhile, so that a run that fails to handle it fails the test instead of killing pytest."""
+    process on its call-th call, as SLURM or Ctrl-C would. The default actions (exit, or
+    KeyboardInterrupt) are replaced meanwhile, so that a run that fails to handle a signal
+    fails its test instead of ending pytest."""
     class Unhandled(Exception):
         pass
 
     def unhandled(signum, frame):
-        raise Unhandled(f"{signal.Signals(signum).name} reached the default handler")
+        raise Unhandled(f"{signal.Signals(signum).name} reached the handler outside the run")
 
-    previous = signal.signal(signal.SIGTERM, unhandled)
+    previous = {signum: signal.signal(signum, unhandled) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def arm(signum: int, where: str, call: int) -> None:
         real, calls = getattr(lvae.train, where), {"n": 0}
@@ -77,7 +78,8 @@ def signal_at(monkeypatch):
         monkeypatch.setattr(lvae.train, where, sending)
 
     yield arm
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 # 1. A stop at any step, including the last of an epoch and the last of training, resumes exactly.
