@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pickle
 import random
@@ -35,6 +37,8 @@ import torch
 FORMAT_VERSION = 2  # 2 adds the checksum; format 1 files (no checksum) still load
 HEADER_KEYS = ("format_version", "sha256")
 LOCK_FILE = ".lock"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -60,6 +64,12 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
             raise RunDirBusy(f"{run_dir} is in use by {_lock_holder(fd)}: two processes writing one run would "
                              "corrupt it, so this one stops without touching it. Wait for that process to "
                              "end (or stop it), then run this command again.") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                raise
+            # A file system without locks (Lustre mounted with noflock): refusing would make it unusable.
+            log.warning("cannot lock %s (%s): make sure that no other process works on this run directory.",
+                        run_dir, error.strerror)
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)

@@ -6,6 +6,7 @@ step; tests/test_reliability_cli.py does the same through the command line.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -130,6 +131,15 @@ def test_a_run_directory_in_use_is_refused_untouched(two_epochs, tmp_path):
         assert all(_files(tmp_path)[name] == content for name, content in before.items() if name != ".lock")
     run(cfg, tmp_path)  # released: the run goes on
     assert _status(tmp_path)["status"] == "completed"
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(lvae.checkpoint.fcntl, "flock", no_locks)
+    with hold_run_dir(tmp_path):
+        assert "make sure that no other process works on this run directory" in caplog.text
 
 
 def test_concurrent_atomic_writes_never_share_a_temporary_file(tmp_path):
