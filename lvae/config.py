@@ -64,6 +64,7 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-4
     grad_clip_norm: float = 4.0
+    grad_clip_value: Optional[float] = None  # then each gradient entry to [-v, v] (the authors' code: 0.9)
     lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay**e; 1 = constant
     iw_samples: int = 1  # K of the importance-weighted bound (1 = ELBO)
     mc_samples: int = 1  # Monte Carlo samples averaged per image
@@ -160,6 +161,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.adam_eps": (_positive, "a number > 0"),
     "train.adam_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "train.grad_clip_norm": (_positive, "a number > 0"),
+    "train.grad_clip_value": (lambda v: v is None or v > 0, "null (off) or a number > 0"),
     "train.lr_decay": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = constant learning rate)"),
     "train.iw_samples": (_positive, "an integer > 0"),
     "train.mc_samples": (_positive, "an integer > 0"),

@@ -188,6 +188,8 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
+            if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
+                nn.utils.clip_grad_value_(model.parameters(), tc.grad_clip_value)
             optimizer.step()
             with torch.no_grad():
                 finite = torch.isfinite(loss) & torch.isfinite(grad_norm)

@@ -84,3 +84,21 @@ def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, t
     assert metrics["likelihood"] == "gaussian"
     for key in ("test_log_likelihood", "test_elbo", "train_bound"):
         assert torch.isfinite(torch.tensor(metrics[key]["mean"])), key
+
+
+def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, synthetic_mnist):
+    """train.grad_clip_value (the authors' ±0.9) clips each entry after the total-norm clip; off by default."""
+    from lvae.data import load_dataset
+
+    calls = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(value))
+    for value, expected in ((None, []), (0.9, [0.9, 0.9])):  # 96 images, batches of 48: two steps
+        calls.clear()
+        cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", "model.hidden_sizes=[16,8]",
+                             "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",
+                             f"train.grad_clip_value={'null' if value is None else value}", "train.progress=false")
+        data = load_dataset(cfg.data, torch.device("cpu"))
+        model = build_model(cfg, data.dim)
+        with SummaryWriter(str(synthetic_mnist / f"tensorboard_{value}")) as writer:
+            train_model(model, torch.optim.Adam(model.parameters()), data, cfg, writer)
+        assert calls == expected
