@@ -22,13 +22,16 @@ import matplotlib
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
+from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
+from .data import ImageData
 from .evaluate import per_image
 from .models import HierarchicalVAE, StochasticLayer
 
 ACTIVITY_THRESHOLD = 0.01  # both criteria (docs/method.md, section 5)
 DIGITS = 10
+TENSORBOARD_IMAGES_PER_ROW = 8
 
 
 @dataclass
@@ -251,3 +254,24 @@ def plot_kl_history(history_by_run: dict[str, list[dict]], path: Path) -> None:
     axes[0].set_ylabel("KL per layer (nats, training batches)")
     figure.suptitle("KL(q‖p) per layer during training", fontsize=13)
     figure.savefig(path, dpi=120)
+
+
+@torch.no_grad()
+def log_to_tensorboard(writer: SummaryWriter, model: HierarchicalVAE, data: ImageData, step: int,
+                       memory_budget_mb: float, test_subset: int | None = None, n_images: int = 64) -> ActiveUnits:
+    """Add prior samples, reconstructions and active units per layer (both criteria) at `step`.
+
+    Scalars `active_units_kl/z<i>` and `active_units_cov/z<i>`, images `samples` and
+    `reconstructions` (n_images each; rows of test images alternate with rows of
+    their reconstructions). Puts the model in eval mode; returns the active units.
+    """
+    images = data.test[:test_subset]
+    result = active_units(model, images, memory_budget_mb)
+    counts = result.counts()
+    for criterion in ("kl", "cov"):
+        for layer, count in zip(layer_names(model.num_layers), counts[criterion]):
+            writer.add_scalar(f"active_units_{criterion}/{layer}", count, step)
+    writer.add_image("samples", to_grid(model.generative.sample(n_images), TENSORBOARD_IMAGES_PER_ROW), step)
+    rows = reconstruction_rows(model, images[:n_images // 2], TENSORBOARD_IMAGES_PER_ROW)
+    writer.add_image("reconstructions", to_grid(rows, TENSORBOARD_IMAGES_PER_ROW), step)
+    return result

@@ -9,11 +9,10 @@ import hashlib
 import platform
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
-
-import lvae
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -89,7 +88,7 @@ def provenance(device: torch.device) -> dict:
         "git_dirty": None if status is None else bool(status),
         "code_fingerprint": code_fingerprint(),
         "versions": {
-            "lvae": lvae.__version__,
+            "lvae": version("lvae"),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,

@@ -36,46 +36,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONFIG_DIR, Config, run_defining_values
 from .provenance import NUMERICS_MODULES, code_fingerprint, fingerprint_of
+from .summary import format_bound, variant_label, variant_name
 from .sweep import Job, jobs_of_sweep_dir
 
 log = logging.getLogger(__name__)
-
-
-def _bound(entry: dict) -> str:
-    return f"{entry['mean']:.2f} ± {entry['stderr']:.2f}"
-
-
-def variant_label(model: str, batch_norm: bool, warmup_epochs: int, show_warmup_epochs: bool = True) -> str:
-    """"LVAE+BN+WU200" (or "LVAE+BN+WU", the paper's label, without the warm-up length)."""
-    parts = [model.upper()]
-    if batch_norm:
-        parts.append("BN")
-    if warmup_epochs:
-        parts.append(f"WU{warmup_epochs}" if show_warmup_epochs else "WU")
-    return "+".join(parts)
-
-
-def variant_name(metrics: dict) -> str:
-    return variant_label(metrics["model"], metrics["batch_norm"], metrics["warmup_epochs"])
-
-
-def format_run(metrics: dict) -> str:
-    """A few lines that summarise one finished run."""
-    ll, test_elbo, train = metrics["test_log_likelihood"], metrics["test_elbo"], metrics["train_bound"]
-    kl = ", ".join(f"{v:.2f}" for v in metrics["kl_per_layer"])
-    lines = [
-        f"{variant_name(metrics)}, {metrics['layers']} layers, {metrics['epochs']} epochs, "
-        f"{metrics['wall_time_s']['total']:.0f} s on {metrics['device']}",
-        f"  test log p(x), IW K={ll['iw_samples']} over {ll['images']} images: {_bound(ll)} nats"
-        + (f" (gap left at K about {ll['remaining_gap']:.3f})" if ll.get("remaining_gap") is not None else ""),
-        f"  test ELBO, 1 sample over {test_elbo['images']} images:    {_bound(test_elbo)} nats",
-        f"  train bound (K={train['iw_samples']}) over {train['images']} images:    {_bound(train)} nats",
-        f"  KL per layer (test, z1..z{metrics['layers']}): {kl}",
-    ]
-    if "bits_per_dim" in ll:
-        scaled = " (x = (pixel + u)/256)" if metrics.get("dequantized") else ""
-        lines.insert(2, f"  test log p(x) in bits/dim{scaled}: {ll['bits_per_dim']:.4f} ± {ll['bits_per_dim_stderr']:.4f}")
-    return "\n".join(lines)
 
 
 def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
@@ -117,9 +81,9 @@ def markdown_table(runs: list[tuple[Path, dict | None]]) -> str:
         kl = " / ".join(f"{v:.1f}" for v in m["kl_per_layer"])
         gap = ll.get("remaining_gap")
         lines.append(
-            f"| {run_dir.name}{code_mark(m)} | {variant_name(m)} | {m['layers']} | {m['epochs']} | {_bound(ll)} "
+            f"| {run_dir.name}{code_mark(m)} | {variant_name(m)} | {m['layers']} | {m['epochs']} | {format_bound(ll)} "
             f"| {ll['iw_samples']} | {'' if gap is None else f'{gap:.3f}'} | {ll['images']} "
-            f"| {_bound(m['test_elbo'])} | {_bound(m['train_bound'])} | {kl} | {m['wall_time_s']['total']:.0f} |"
+            f"| {format_bound(m['test_elbo'])} | {format_bound(m['train_bound'])} | {kl} | {m['wall_time_s']['total']:.0f} |"
         )
     if any(m and m.get("status") == "completed" and code_mark(m) for _, m in runs):
         lines += ["", OTHER_CODE_NOTE]

@@ -10,13 +10,14 @@ writes into every sweep folder.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import CONFIG_DIR
@@ -33,11 +34,24 @@ class Job:
 
 
 def expand_overrides(overrides: Sequence[str], sweep_params: dict[str, str] | None = None) -> list[list[str]]:
-    """Each job's overrides: every combination of the sweep params and the command-line overrides."""
+    """Each job's overrides: every combination of the sweep params and the command-line overrides.
+
+    In the basic sweeper's order: one choice list per key, in the order the keys first
+    appear (a command-line key takes the place of the param it replaces), and the
+    combinations with the last key varying fastest.
+    """
     params = [f"{key}={value}" for key, value in (sweep_params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, *overrides])
-    [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return jobs
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides([*params, *overrides]):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{override.input_line}: a sweep over an interval has no list of jobs "
+                                 "(the basic sweeper takes choices and ranges only)")
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def sweep_jobs(overrides: Sequence[str], hydra_overrides: Sequence[str] = (),

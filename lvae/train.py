@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from .analysis import log_to_tensorboard
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -55,7 +56,6 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .analyze import analyze_runs, log_to_tensorboard
 from .config import ConfigError, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
@@ -63,7 +63,8 @@ from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from .provenance import provenance
-from .report import format_run
+from .run_analysis import analyze_runs
+from .summary import format_run
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from lvae.analysis import active_units, pca_2d, posterior_samples
-from lvae.analyze import log_to_tensorboard, main
+from lvae.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
+from lvae.analyze import main
 from lvae.data import ImageData
 from lvae.models import build_model
 from lvae.train import run

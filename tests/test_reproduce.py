@@ -21,7 +21,7 @@ from lvae.models import build_model
 from lvae.provenance import code_fingerprint
 from lvae.report import BUDGET_KEYS, collect_runs, main as report_main
 from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce_main
-from lvae.sweep import sweep_jobs
+from lvae.sweep import expand_overrides, sweep_jobs
 from lvae.train import run
 
 from .conftest import REPO, compose_config, write_synthetic_mnist
@@ -276,3 +276,12 @@ def test_a_run_with_init_from_starts_from_those_weights_and_decays_its_learning_
               "train.lr_decay=0.5")
     optimizer = load_checkpoint(tmp_path / "decayed" / "checkpoint.pt")["optimizer"]
     assert optimizer["param_groups"][0]["lr"] == base.train.lr * 0.25
+
+
+def test_sweep_expansion_keeps_the_basic_sweepers_job_order():
+    """One choice list per key in the order the keys first appear (a command-line key takes its param's
+    place), the last key varying fastest: the order in which `python train.py -m` launches the jobs."""
+    jobs = expand_overrides(["seed=0,1", "train.lr=0.1"], {"variant": "vae,lvae_bn_wu", "layers": "1,2", "seed": "0"})
+    assert jobs == [[f"variant={variant}", f"layers={layers}", f"seed={seed}", "train.lr=0.1"]
+                    for variant in ("vae", "lvae_bn_wu") for layers in (1, 2) for seed in (0, 1)]
+    assert expand_overrides(["+x=range(0,3)", "~y"]) == [[f"+x={x}", "~y=null"] for x in range(3)]

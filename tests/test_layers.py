@@ -1,0 +1,110 @@
+"""The package's layers point one way, and it uses only public APIs of Hydra and torch.
+
+Read from the source with `ast`, so that an import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lvae"
+
+# Each module of lvae/ by its first name below the package; a module may import its own layer and those below.
+LAYERS = {
+    "face": ["__init__"],  # the package itself: lvae.load_run, lvae.iw_log_likelihood, the model classes
+    "commands": ["cli", "analyze", "report", "reproduce", "compare", "sweep"],
+    "run": ["train", "checkpoint", "provenance", "finetune", "stored_run", "run_analysis", "summary"],
+    "evaluation and analysis": ["evaluate", "analysis"],
+    "model": ["models", "objectives", "distributions"],
+    "beside (configs and data)": ["config", "data"],
+}
+LEVEL = {name: level for level, names in enumerate(reversed(LAYERS.values())) for name in names}
+LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _name_below_package(path: Path) -> str:
+    """lvae/report/grid.py -> "report", lvae/train.py -> "train", lvae/__init__.py -> "__init__"."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(absolute module, names) of every import in the file."""
+    package = ["lvae", *path.relative_to(PACKAGE).parent.parts]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.append((module, [alias.name for alias in node.names]))
+    return found
+
+
+def _lvae_targets(module: str, names: list[str]) -> list[str]:
+    """The first names below lvae that an import reaches: `from . import models` reaches "models"."""
+    parts = module.split(".")
+    if parts[0] != "lvae":
+        return []
+    if len(parts) > 1:
+        return [parts[1]]
+    return [name if (PACKAGE / f"{name}.py").exists() or (PACKAGE / name).is_dir() else "__init__" for name in names]
+
+
+def test_every_module_has_a_layer():
+    assert {_name_below_package(path) for path in _modules()} <= set(LEVEL)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_no_module_imports_a_higher_layer(path):
+    source = _name_below_package(path)
+    upward = [f"{target} ({LAYER_OF[target]})" for module, names in _imports(path)
+              for target in _lvae_targets(module, names) if LEVEL[target] > LEVEL[source]]
+    assert not upward, f"{path.name} ({LAYER_OF[source]}) imports from a higher layer: {', '.join(upward)}"
+
+
+def test_a_run_imports_no_command():
+    """The run's own modules do not reach a command even through a module they import."""
+    graph = {_name_below_package(path): set() for path in _modules()}
+    for path in _modules():
+        graph[_name_below_package(path)] |= {t for m, n in _imports(path) for t in _lvae_targets(m, n)}
+    for start in LAYERS["run"]:
+        reached, todo = set(), [start]
+        while todo:
+            for target in graph[todo.pop()] - reached:
+                reached.add(target)
+                todo.append(target)
+        assert not reached & {*LAYERS["commands"], "__init__"}, start
+
+
+LIBRARIES = ("hydra", "torch", "torchvision", "omegaconf")
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.endswith("__") and len(name) > 4)  # __version__ is public
+
+
+def _attribute_chain(node: ast.Attribute) -> list[str]:
+    """torch._C._get -> ["torch", "_C", "_get"]; [] when the chain does not start at a plain name."""
+    chain = []
+    while isinstance(node, ast.Attribute):
+        chain.insert(0, node.attr)
+        node = node.value
+    return [node.id, *chain] if isinstance(node, ast.Name) else []
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_no_private_api_of_hydra_or_torch(path):
+    private = [f"import {module} {names}" for module, names in _imports(path)
+               if module.split(".")[0] in LIBRARIES
+               and any(map(_is_private, [*module.split("."), *names]))]
+    private += [".".join(chain) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
+                if (chain := _attribute_chain(node)) and chain[0] in LIBRARIES and any(map(_is_private, chain))]
+    assert not private, f"{path.name} uses private APIs: {private}"
