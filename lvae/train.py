@@ -314,7 +314,7 @@ class _Session:
         if self.checkpointed is None:
             return "no checkpoint had been written yet, so a rerun starts from the beginning"
         epoch, step = self.checkpointed
-        return f"the last good checkpoint (step {step}, {epoch} epochs complete) was kept"
+        return f"the last good checkpoint (step {step}, {epoch} complete epoch{'s' * (epoch != 1)}) was kept"
 
 
 def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] = None) -> dict:

@@ -22,10 +22,10 @@ import lvae.train
 from lvae.checkpoint import CheckpointError, RunDirBusy, atomic_write, hold_run_dir, load_checkpoint
 from lvae.config import ConfigError, validate
 from lvae.data import DatasetInvalidError, load_mnist
-from lvae.report import differences_between_runs
 from lvae.train import RunFailed, RunInterrupted, run
 
 from .conftest import compose_config, write_synthetic_mnist
+from .helpers.reproducibility import differences_between_runs
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",
         "train.batch_size=16", "warmup_epochs=3", "eval.iw_samples=16", "eval.train_subset=32",
@@ -192,7 +192,7 @@ def _poison_step(monkeypatch, step: int) -> None:
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_mnist, tmp_path, monkeypatch):
     _poison_step(monkeypatch, 8)  # step 8 = epoch 2 (6 steps an epoch)
     cfg = compose_config(*TINY, f"data.root={synthetic_mnist}", "train.epochs=4", "train.checkpoint_every=1")
-    with pytest.raises(RunFailed, match=r"epoch 2, step 8 .*the last good checkpoint \(step 6, 1 epochs complete\)"):
+    with pytest.raises(RunFailed, match=r"epoch 2, step 8 .*the last good checkpoint \(step 6, 1 complete epoch\)"):
         run(cfg, tmp_path)
     metrics = _status(tmp_path)
     assert metrics["status"] == "failed" and "epoch 2, step 8" in metrics["reason"]
