@@ -28,7 +28,8 @@ from torch import nn
 from .config import CONFIG_DIR, ConfigError, validate
 from .models import build_model
 from .provenance import code_fingerprint, fingerprint_of
-from .report import collect_runs, write_report
+from .report.output import write_report
+from .report.runs import collect_runs
 from .sweep import Job, sweep_jobs
 
 REPO_ROOT = Path(CONFIG_DIR).parent

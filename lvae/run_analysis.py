@@ -26,7 +26,7 @@ from .analysis import (
 from .checkpoint import load_checkpoint, write_json
 from .config import resolve_device
 from .data import ImageData, load_dataset
-from .stored_run import check_run_dir, read_metrics, trained_model
+from .stored_run import check_run_dir, read_config, read_metrics, trained_model
 from .summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
@@ -75,7 +75,7 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, test_subset: int | None = 
     results: dict[str, ActiveUnits] = {}
     samples: dict[str, list[torch.Tensor]] = {}
     for run_dir, name in zip(run_dirs, names):
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = read_config(run_dir)
         weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]  # a bad file fails before the data load
         data_key = OmegaConf.to_yaml(cfg.data)
         if data_key not in datasets:

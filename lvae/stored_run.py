@@ -41,6 +41,13 @@ def read_metrics(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_config(run_dir: Path) -> DictConfig | None:
+    """config.yaml, the fully resolved config the run was started with; None when it has written none yet.
+    The one reader of stored run configs: the run's own resume check, the analysis and the report use it."""
+    path = run_dir / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def trained_model(cfg: DictConfig, weights: dict, data_dim: int, device: torch.device) -> HierarchicalVAE:
     """The model `cfg` describes with a checkpoint's weights, in eval mode: its batch norm uses the
     stored statistics (at the end of a run, those of the evaluation)."""
@@ -69,7 +76,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = read_config(run_dir)
     weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]  # a bad file fails before the data load
     data = load_dataset(cfg.data, device)
     return TrainedRun(trained_model(cfg, weights, data.dim, device), cfg, data, read_metrics(run_dir))

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lvae.cli import EXIT_BUSY  # noqa: E402
-from lvae.report import differences_between_runs  # noqa: E402
+from tests.helpers.reproducibility import differences_between_runs  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lvae.checkpoint import load_checkpoint
-from lvae.report import differences_between_runs
 
 from .conftest import REPO, write_synthetic_mnist
+from .helpers.reproducibility import differences_between_runs
 from .test_reliability import TINY
 
 pytestmark = pytest.mark.slow

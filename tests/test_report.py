@@ -1,9 +1,14 @@
 """The run table: finished runs with their numbers, unfinished and failed ones marked."""
 
 import json
+from pathlib import Path
 
 from lvae.provenance import code_fingerprint
-from lvae.report import OTHER_CODE_NOTE, budget_summary, find_runs, main, markdown_table
+from lvae.report import main
+from lvae.report.grid import build_grid
+from lvae.report.markdown import budget_summary, markdown_table
+from lvae.report.paper import paper_cell
+from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, find_runs
 
 
 def _metrics(model: str, ll: float) -> dict:
@@ -72,7 +77,6 @@ def test_no_run_output_is_tracked_by_git():
     """outputs/ is where runs go: a fresh clone must have none there, or `make reproduce` would
     show stored numbers instead of training. Published results live in results/."""
     import subprocess
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
     tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=repo, capture_output=True, text=True)
@@ -83,10 +87,6 @@ def test_no_run_output_is_tracked_by_git():
 
 
 def test_rows_of_other_datasets_carry_the_dataset_and_the_papers_number():
-    from pathlib import Path
-
-    from lvae.report import RunRecord, _paper_cell, build_grid
-
     def record(name: str, dataset: str) -> RunRecord:
         setting = {"model.name": "lvae", "batch_norm": True, "warmup_epochs": 200, "layers": 5, "seed": 0,
                    "data.name": dataset, "likelihood": "gaussian" if dataset == "norb" else "bernoulli"}
@@ -94,5 +94,5 @@ def test_rows_of_other_datasets_carry_the_dataset_and_the_papers_number():
 
     grid = build_grid([record(d, d) for d in ("mnist", "omniglot", "norb")])
     assert grid.rows == ["LVAE+BN+WU", "LVAE+BN+WU, norb", "LVAE+BN+WU, omniglot"]
-    cells = {row: _paper_cell("test_log_likelihood", row, grid.layers) for row in grid.rows}
+    cells = {row: paper_cell("test_log_likelihood", row, grid.layers) for row in grid.rows}
     assert cells == {"LVAE+BN+WU": "-82.1 (L=5)", "LVAE+BN+WU, omniglot": "-102.1 (L=5)", "LVAE+BN+WU, norb": ""}

@@ -19,7 +19,9 @@ from lvae.config import CONFIG_DIR, ConfigError
 from lvae.finetune import learning_rate, load_initial_weights
 from lvae.models import build_model
 from lvae.provenance import code_fingerprint
-from lvae.report import BUDGET_KEYS, collect_runs, main as report_main
+from lvae.report import main as report_main
+from lvae.report.paper import BUDGET_KEYS
+from lvae.report.runs import collect_runs
 from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce_main
 from lvae.sweep import expand_overrides, sweep_jobs
 from lvae.train import run

@@ -1,0 +1,72 @@
+"""Tables and the figure of runs: `python -m lvae.report DIR [DIR ...] [--out DIR]`.
+
+Every folder below the given ones that holds a metrics.json or a config.yaml is a
+run; a run without a finished metrics.json is listed as such, never dropped, and so
+is a run that a sweep's multirun.yaml asks for but that has no folder ("missing").
+Prints a table of the runs and writes, into --out or --publish (default: the first DIR):
+
+    results.md    budget, hardware, dates, commands; rows = variants, columns = layers:
+                  train bound, test bound (1-sample ELBO), test log-likelihood (IW, K
+                  samples) and active units, the paper's numbers beside; then every run
+    results.csv   the same cells, one line per variant, depth and quantity
+    fig3.png      the paper's Figure 3: the three bounds against the number of layers
+
+A cell's runs differ only in their seed: runs that differ in anything else are rows of
+their own, so nothing is averaged over different settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from .markdown import budget_summary, markdown_table
+from .output import write_report
+from .runs import RunRecord, collect_runs
+
+# What `--publish` copies of each run: its numbers, config and per-image estimates, never checkpoints.
+PUBLISHED_FILES = ("metrics.json", "config.yaml", "per_image.pt")
+
+
+def publish_runs(records: list[RunRecord], out_dir: Path) -> None:
+    """Copy each run's PUBLISHED_FILES into out_dir/<run folder name>/, a record that can be reported again."""
+    names = Counter(r.run_dir.name for r in records if r.run_dir.is_dir())
+    clashes = sorted(name for name, count in names.items() if count > 1)
+    if clashes:
+        raise ValueError(f"several runs are named {', '.join(clashes)}: publish their folders separately")
+    for record in records:
+        if record.run_dir.is_dir() and record.run_dir.resolve() != (out_dir / record.run_dir.name).resolve():
+            target = out_dir / record.run_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for name in PUBLISHED_FILES:
+                if (record.run_dir / name).exists():
+                    shutil.copy2(record.run_dir / name, target / name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lvae.report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--out", type=Path, help="where results.md, results.csv and fig3.png go "
+                                                 "(default: the first directory)")
+    parser.add_argument("--publish", type=Path, metavar="DIR",
+                        help="write the report into DIR and copy each run's " + ", ".join(PUBLISHED_FILES)
+                             + " there (e.g. results/<name>: the committed record of a result; runs "
+                               "themselves go to outputs/, which git ignores)")
+    args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not d.is_dir()]
+    if missing:
+        parser.error(f"not a directory: {', '.join(map(str, missing))}")
+    records = collect_runs(args.dirs)
+    if not records:
+        parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
+    runs = [(r.run_dir, r.metrics) for r in records if r.status != "missing"]
+    print(markdown_table(runs))
+    print()
+    print(budget_summary([m for _, m in runs if m and m.get("status") == "completed"]))
+    if args.publish:
+        publish_runs(records, args.publish)
+    for path in write_report(records, args.publish or args.out or args.dirs[0]):
+        print(f"wrote {path}")
+
