@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, RunDirBusy
-# CONFIG_DIR is absolute, so that the same configs serve `python train.py` and the console
-# script (the package is installed in editable mode from this repository).
+# CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
+# and the console script, from any directory.
 from .config import CONFIG_DIR, ConfigError  # importing lvae.config registers the schema
 from .data import DatasetError
 from .train import RunFailed, RunInterrupted, run
@@ -100,3 +100,7 @@ class OutputDirCheck(Callback):
             print(f"cannot use {directory} as the output directory: {reason}. Choose another {key}=... "
                   "(or move what is in the way).", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":  # python -m lvae.cli: what lvae.reproduce runs
+    train()

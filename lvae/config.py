@@ -19,7 +19,17 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .data import BINARY, GREY_LEVELS
 from .data import DATASETS as DATASET_REGISTRY
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+def _config_dir() -> Path:
+    """The copy of configs/ inside the installed package (a wheel ships it as lvae/configs, see
+    pyproject.toml), else configs/ at the top of this checkout (an editable install, or no install)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "configs"
+    return shipped if shipped.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = str(_config_dir())
+
 MAX_LAYERS = 5
 MODEL_NAMES = ("vae", "lvae")
 DEVICES = ("auto", "cpu", "cuda")

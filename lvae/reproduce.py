@@ -5,8 +5,9 @@
 
 1. Prints an estimate of the wall time on the reference machine, from the budget and
    measured rates; runs that are already complete count zero.
-2. Runs the sweep, `python train.py -m experiment=<e> budget=<b> [seed=0,...,N-1] ...`,
-   into outputs/<e>-<b>/: a complete run returns at once, an interrupted one resumes.
+2. Runs the sweep, `python -m lvae.cli -m experiment=<e> budget=<b> [seed=0,...,N-1] ...`
+   (what `python train.py -m` and `lvae-train -m` run), into outputs/<e>-<b>/ below the
+   current directory: a complete run returns at once, an interrupted one resumes.
    Overrides are passed on, e.g. `hydra/launcher=joblib hydra.launcher.n_jobs=2`.
    table1 first runs its base run, fig3's 5-layer LVAE+BN+WU (skipped when fig3 ran).
 3. Writes the report (lvae.report) into the sweep folder, also when some runs failed.
@@ -25,14 +26,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import CONFIG_DIR, ConfigError, validate
+from .config import ConfigError, validate
 from .models import build_model
 from .provenance import code_fingerprint, fingerprint_of
 from .report.output import write_report
 from .report.runs import collect_runs
 from .sweep import Job, sweep_jobs
-
-REPO_ROOT = Path(CONFIG_DIR).parent
 
 # Rates measured on the reference machine; an estimate scales them by each run's size.
 REFERENCE_MACHINE = "2 CPU cores (x86_64), torch on the CPU with 2 threads"
@@ -98,7 +97,7 @@ def estimate_jobs(jobs: list[Job]) -> tuple[Estimate, int, list[Path]]:
     those were scored by other code than the installed one."""
     total, complete, other_code = Estimate(overhead=SECONDS_TO_START), 0, []
     for job in jobs:
-        metrics = stored_metrics(REPO_ROOT / job.run_dir)
+        metrics = stored_metrics(job.run_dir)
         status, epochs = metrics.get("status"), metrics.get("epochs", metrics.get("epoch", 0))
         if status == "completed" and epochs == job.config.train.epochs:
             complete += 1
@@ -162,18 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     print(describe_estimate(estimate, runs, complete, f"experiment={args.experiment} budget={args.budget}"))
     if other_code:
         print(describe_other_code(other_code))
-    commands = [[sys.executable, "train.py", "-m", *step] for step in steps]
+    # The installed entry point, not train.py by path: reproduce runs from any directory.
+    commands = [[sys.executable, "-m", "lvae.cli", "-m", *step] for step in steps]
     for command in commands:
-        print("$", " ".join(command[1:]), flush=True)
+        print("$", " ".join(["python", *command[1:]]), flush=True)
     if args.dry_run:
         return
 
-    failed_steps = sum(subprocess.run(command, cwd=REPO_ROOT).returncode != 0 for command in commands)
+    failed_steps = sum(subprocess.run(command).returncode != 0 for command in commands)
     jobs = jobs_per_step[-1]
     sweep_dir = jobs[0].sweep_dir
     bases = sorted({Path(job.config.init_from) for job in jobs if job.config.init_from})
-    records = collect_runs([REPO_ROOT / sweep_dir, *(REPO_ROOT / base for base in bases)])
-    for path in write_report(records, REPO_ROOT / sweep_dir):
+    records = collect_runs([sweep_dir, *bases])
+    for path in write_report(records, sweep_dir):
         print(f"wrote {path}")
     without_result = [r for r in records if not r.completed]
     for record in without_result:

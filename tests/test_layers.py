@@ -108,3 +108,12 @@ def test_no_private_api_of_hydra_or_torch(path):
     private += [".".join(chain) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
                 if (chain := _attribute_chain(node)) and chain[0] in LIBRARIES and any(map(_is_private, chain))]
     assert not private, f"{path.name} uses private APIs: {private}"
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject.toml lists the packages by hand (configs/ is mapped into the wheel as lvae.configs)."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {".".join(["lvae", *path.parent.relative_to(PACKAGE).parts]) for path in PACKAGE.rglob("__init__.py")}
+    assert packages | {"lvae.configs"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"lvae.configs": "configs"}
