@@ -1,3 +1,42 @@
-"""lvae: a reproduction of Ladder Variational Autoencoders (Sønderby et al., NIPS 2016)."""
+"""lvae: a reproduction of Ladder Variational Autoencoders (Sønderby et al., NIPS 2016).
 
-__version__ = "0.1.0"
+The Python face, for notebooks and scripts (no Hydra needed):
+
+    run = lvae.load_run("outputs/runs/model=lvae,layers=5")  # .model (eval mode), .config, .data, .metrics
+    log_px = lvae.iw_log_likelihood(run.model, run.data.test[:100], k=5000)  # (100,) float64, nats
+    model = lvae.new_model("lvae", layers=3, batch_norm=False)  # untrained, the paper's sizes
+"""
+
+from importlib.metadata import version
+
+import torch
+from omegaconf import OmegaConf
+
+from . import evaluate
+from .config import Config, ModelConfig
+from .models import BottomUpVAE, HierarchicalVAE, LadderVAE, build_model
+from .stored_run import TrainedRun, load_run
+
+__version__ = version("lvae")
+__all__ = ["BottomUpVAE", "HierarchicalVAE", "LadderVAE", "TrainedRun", "iw_log_likelihood", "load_run",
+           "new_model"]
+
+# Keys of the run config that shape a model and sit at its top level; every other one is a model.* key.
+TOP_LEVEL_MODEL_KEYS = ("layers", "batch_norm", "likelihood")
+
+
+def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
+                      memory_budget_mb: float = 1024) -> torch.Tensor:
+    """log p(x) of each image of x (N, D), estimated with k importance samples: (N,) float64, nats
+    (docs/method.md, eq. 4). Work goes in chunks of about memory_budget_mb of activations; pass a
+    model in eval mode (as load_run returns it), so that batch norm uses its stored statistics."""
+    return evaluate.iw_log_likelihood(model, x, k, memory_budget_mb)
+
+
+def new_model(name: str = "lvae", data_dim: int = 784, **settings) -> HierarchicalVAE:
+    """An untrained model from keyword arguments: `name` "lvae" or "vae", and any of layers, batch_norm,
+    likelihood and the model.* keys of the run config (hidden_sizes, latent_sizes, mlp_depth, init, ...).
+    What is not given has the run config's default (lvae/config.py), as `python train.py` would build it."""
+    top_level = {key: settings.pop(key) for key in TOP_LEVEL_MODEL_KEYS if key in settings}
+    cfg = OmegaConf.structured(Config(model=ModelConfig(name=name, **settings), **top_level))
+    return build_model(cfg, data_dim)
