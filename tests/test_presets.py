@@ -1,0 +1,49 @@
+"""Every preset under configs/experiment/ composes, resolves and validates, job by job, under every budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lvae.config import CONFIG_DIR, validate
+from lvae.sweep import sweep_jobs
+
+PRESETS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+BUDGETS = sorted(path.stem for path in (Path(CONFIG_DIR) / "budget").glob("*.yaml"))
+
+
+def _jobs(preset: str, budget: str | None):
+    """The preset's jobs; a preset without a budget (demo) is composed as it is."""
+    preset_file = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "experiment" / f"{preset}.yaml"))
+    defaults = preset_file.get("defaults", [])
+    with_budget = any(isinstance(entry, dict) and "/budget" in entry for entry in defaults)
+    if budget is not None and not with_budget:
+        pytest.skip(f"{preset} has no budget")
+    return sweep_jobs([f"experiment={preset}", *([f"budget={budget}"] if budget else [])])
+
+
+@pytest.mark.parametrize("budget", [None, *BUDGETS])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_job_of_a_preset_resolves_and_validates(preset, budget):
+    jobs = _jobs(preset, budget)
+    assert jobs
+    for job in jobs:
+        OmegaConf.to_container(job.config, resolve=True, throw_on_missing=False)  # every interpolation resolves
+        validate(job.config)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_table1_fine_tunes_the_run_that_fig3_writes(budget):
+    """table1's interpolated init_from names the folder of fig3's 5-layer LVAE+BN+WU under the same budget."""
+    [base] = sweep_jobs(["experiment=fig3", f"budget={budget}", "variant=lvae_bn_wu", "layers=5"])
+    jobs = _jobs("table1", budget)
+    assert len(jobs) == 2
+    assert {Path(job.config.init_from) for job in jobs} == {base.run_dir}
+    assert {(job.config.train.mc_samples, job.config.train.iw_samples) for job in jobs} == {(10, 1), (10, 10)}
+
+
+def test_table1_datasets_picks_each_datasets_likelihood():
+    likelihoods = {job.config.data.name: job.config.likelihood for job in _jobs("table1_datasets", None)}
+    assert likelihoods == {"mnist": "bernoulli", "omniglot": "bernoulli", "norb": "gaussian"}
