@@ -10,11 +10,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lvae.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
 from lvae.analyze import main
+from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.models import build_model
 from lvae.train import run
 
-from .conftest import compose_config
 from .helpers.linear_gaussian import set_head
 
 D = 20

@@ -7,9 +7,9 @@ import sys
 import pytest
 from hydra.errors import HydraException
 
-from lvae.config import ConfigError, validate
+from lvae.config import ConfigError, compose_config, validate
 
-from .conftest import REPO, compose_config
+from .helpers import REPO
 
 
 def test_default_config_is_valid_and_matches_the_paper():

@@ -7,9 +7,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
+from lvae.config import compose_config
 from lvae.data import DatasetInvalidError, DatasetNotFoundError, default_data_root, load_mnist
 
-from .conftest import compose_config
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lvae.data
-from lvae.config import ConfigError, validate
+from lvae.config import ConfigError, compose_config, validate
 from lvae.data import (
     DatasetInvalidError,
     DatasetNotFoundError,
@@ -25,13 +25,7 @@ from lvae.data import (
 )
 from lvae.train import run
 
-from .conftest import (
-    compose_config,
-    write_amat,
-    write_idx_gz,
-    write_synthetic_binarized_mnist,
-    write_synthetic_idx_dataset,
-)
+from .helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
 
 CPU = torch.device("cpu")
 CONTINUOUS = ("likelihood=gaussian", "data.binarize=false", "data.dequantize=true")

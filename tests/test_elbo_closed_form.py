@@ -17,12 +17,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.evaluate import evaluate_model
 from lvae.models import BottomUpVAE, LadderVAE
 from lvae.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
-from .conftest import compose_config
 from .helpers.gaussian_chain import ChainParameters, exact_elbo
 
 DRAWS = 20_000

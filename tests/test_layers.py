@@ -35,10 +35,15 @@ def _name_below_package(path: Path) -> str:
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(absolute module, names) of every import in the file."""
-    package = ["lvae", *path.relative_to(PACKAGE).parent.parts]
+    """(absolute module, names) of every import in a module of lvae/."""
+    return _imports_of_source(path.read_text(), ["lvae", *path.relative_to(PACKAGE).parent.parts])
+
+
+def _imports_of_source(source: str, package: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import; relative ones made absolute within `package` when given."""
+    package = package or []
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -117,3 +122,10 @@ def test_every_package_ships_in_the_wheel():
     packages = {".".join(["lvae", *path.parent.relative_to(PACKAGE).parts]) for path in PACKAGE.rglob("__init__.py")}
     assert packages | {"lvae.configs"} == set(setuptools["packages"])
     assert setuptools["package-dir"] == {"lvae.configs": "configs"}
+
+
+def test_tests_import_their_helpers_from_tests_helpers_not_conftest():
+    tests = PACKAGE.parent / "tests"
+    through_conftest = [path.name for path in tests.rglob("*.py")
+                        if any(module.endswith("conftest") for module, _ in _imports_of_source(path.read_text()))]
+    assert not through_conftest

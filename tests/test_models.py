@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from lvae.config import compose_config
 from lvae.distributions import precision_weighted_merge
 from lvae.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
 from lvae.objectives import training_bound
 
-from .conftest import compose_config
 
 D, B, S = 20, 8, 3
 

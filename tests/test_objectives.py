@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from lvae.config import compose_config
 from lvae.models import build_model
 from lvae.objectives import (
     elbo,
@@ -13,8 +14,6 @@ from lvae.objectives import (
     log_importance_weights,
     training_bound,
 )
-
-from .conftest import compose_config
 
 
 def _model_and_data(name="lvae"):

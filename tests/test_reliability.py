@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 import lvae.checkpoint
 import lvae.train
 from lvae.checkpoint import CheckpointError, RunDirBusy, atomic_write, hold_run_dir, load_checkpoint
-from lvae.config import ConfigError, validate
+from lvae.config import ConfigError, compose_config, validate
 from lvae.data import DatasetInvalidError, load_mnist
 from lvae.train import RunFailed, RunInterrupted, run
 
-from .conftest import compose_config, write_synthetic_mnist
+from .helpers.datasets import write_synthetic_mnist
 from .helpers.reproducibility import differences_between_runs
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",

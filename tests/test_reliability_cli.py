@@ -17,7 +17,8 @@ import pytest
 
 from lvae.checkpoint import load_checkpoint
 
-from .conftest import REPO, write_synthetic_mnist
+from .helpers import REPO
+from .helpers.datasets import write_synthetic_mnist
 from .helpers.reproducibility import differences_between_runs
 from .test_reliability import TINY
 

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lvae.checkpoint import CheckpointError, load_checkpoint
-from lvae.config import CONFIG_DIR, ConfigError
+from lvae.config import CONFIG_DIR, ConfigError, compose_config
 from lvae.finetune import learning_rate, load_initial_weights
 from lvae.models import build_model
 from lvae.provenance import code_fingerprint
@@ -26,7 +26,8 @@ from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce
 from lvae.sweep import expand_overrides, sweep_jobs
 from lvae.train import run
 
-from .conftest import REPO, compose_config, write_synthetic_mnist
+from .helpers import REPO
+from .helpers.datasets import write_synthetic_mnist
 
 # (model, batch norm, warm-up on) of Figure 3's variants
 FIG3_VARIANTS = {"vae": ("vae", False, False), "vae_bn": ("vae", True, False),

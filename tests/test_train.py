@@ -8,12 +8,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.checkpoint import load_checkpoint
+from lvae.config import compose_config
 from lvae.data import ImageData, load_mnist
 from lvae.evaluate import iw_log_likelihood
 from lvae.models import build_model
 from lvae.train import run, train_model
 
-from .conftest import compose_config
 
 SMALL = ("model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]")
 
