@@ -23,21 +23,21 @@ import torch
 
 
 @dataclass
-class Run:
+class RunEstimates:
     path: Path
     seed: int
     label: str
     per_image: dict[str, torch.Tensor]  # quantity -> (N,) float64
 
 
-def load_run(path: Path) -> Run:
+def read_estimates(path: Path) -> RunEstimates:
     metrics = json.loads((path / "metrics.json").read_text())
     if metrics.get("status") != "completed":
         raise ValueError(f"{path} is not a completed run (status {metrics.get('status')!r})")
     if not (path / "per_image.pt").exists():
         raise ValueError(f"{path} has no per_image.pt (runs record it since the per-image estimates were added)")
     per_image = torch.load(path / "per_image.pt", weights_only=True)
-    return Run(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image)
+    return RunEstimates(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Paired:
     difference_stderr: float
 
 
-def paired(a: Run, b: Run, quantity: str, images: int | None = None) -> Paired:
+def paired(a: RunEstimates, b: RunEstimates, quantity: str, images: int | None = None) -> Paired:
     n = min(len(a.per_image[quantity]), len(b.per_image[quantity]), images or math.inf)
     values_a, values_b = a.per_image[quantity][:n], b.per_image[quantity][:n]
     difference = values_b - values_a
@@ -60,7 +60,7 @@ def paired(a: Run, b: Run, quantity: str, images: int | None = None) -> Paired:
     return Paired(a.seed, n, values_a.mean().item(), values_b.mean().item(), difference.mean().item(), stderr)
 
 
-def pair_by_seed(runs_a: list[Run], runs_b: list[Run]) -> list[tuple[Run, Run]]:
+def pair_by_seed(runs_a: list[RunEstimates], runs_b: list[RunEstimates]) -> list[tuple[RunEstimates, RunEstimates]]:
     by_seed = {run.seed: run for run in runs_b}
     pairs = [(a, by_seed[a.seed]) for a in runs_a if a.seed in by_seed]
     if not pairs:
@@ -74,7 +74,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def comparison_table(pairs: list[tuple[Run, Run]], images: int | None = None) -> str:
+def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int | None = None) -> str:
     """Markdown: one line per seed and quantity, then the mean ± std over seeds."""
     lines = []
     for quantity in ("test_log_likelihood", "test_elbo"):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, help="compare on the first N test images (default: all shared)")
     args = parser.parse_args(argv)
     try:
-        pairs = pair_by_seed([load_run(p) for p in args.a], [load_run(p) for p in args.b])
+        pairs = pair_by_seed([read_estimates(p) for p in args.a], [read_estimates(p) for p in args.b])
     except (OSError, ValueError) as error:
         parser.exit(2, f"{error}\n")
     print(comparison_table(pairs, args.images))

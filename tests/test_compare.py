@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lvae.compare import main, pair_by_seed, paired, load_run
+from lvae.compare import main, pair_by_seed, paired, read_estimates
 
 
 def _run(path, model: str, seed: int, values: torch.Tensor):
@@ -19,8 +19,8 @@ def _run(path, model: str, seed: int, values: torch.Tensor):
 def test_paired_difference_and_its_standard_error(tmp_path):
     base = torch.randn(400, dtype=torch.float64) * 10 - 90  # images differ a lot from one another
     noise = torch.randn(400, dtype=torch.float64) * 0.5
-    a = load_run(_run(tmp_path / "a", "vae", 0, base))
-    b = load_run(_run(tmp_path / "b", "lvae", 0, torch.cat([base + 1.0 + noise, torch.zeros(100)])))
+    a = read_estimates(_run(tmp_path / "a", "vae", 0, base))
+    b = read_estimates(_run(tmp_path / "b", "lvae", 0, torch.cat([base + 1.0 + noise, torch.zeros(100)])))
     result = paired(a, b, "test_log_likelihood")
     assert result.images == 400, "only the images both runs scored"
     assert result.difference == pytest.approx(1.0 + noise.mean().item())
@@ -33,7 +33,7 @@ def test_runs_are_paired_by_seed_and_the_table_prints(tmp_path, capsys):
     values = torch.linspace(-100, -80, 50, dtype=torch.float64)
     a = [_run(tmp_path / f"a{s}", "vae", s, values) for s in (0, 1, 2)]
     b = [_run(tmp_path / f"b{s}", "lvae", s, values + 0.5 * (s + 1)) for s in (2, 0)]
-    pairs = pair_by_seed([load_run(p) for p in a], [load_run(p) for p in b])
+    pairs = pair_by_seed([read_estimates(p) for p in a], [read_estimates(p) for p in b])
     assert [(x.seed, y.seed) for x, y in pairs] == [(0, 0), (2, 2)]
     main(["--a", *map(str, a), "--b", *map(str, b)])
     out = capsys.readouterr().out
