@@ -57,7 +57,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "mnist"
-    root: str = MISSING
+    root: str = "${oc.env:LVAE_DATA_ROOT,data}"  # data.root, else $LVAE_DATA_ROOT, else ./data
     download: bool = True
     binarize: bool = True
     binarization_seed: int = 0  # the test set is binarized (or dequantized) once, with this seed
