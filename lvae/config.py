@@ -116,6 +116,17 @@ def run_dir_name(override_dirname: str) -> str:
     return override_dirname or "defaults"
 
 
+# Keys that never name a run folder (Hydra's override_dirname.exclude_keys): how a run is run or where its
+# data lies, not what it computes. configs/config.yaml and configs/layout/preset.yaml read this one list.
+RUN_FOLDER_IGNORES = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "data.root",
+                      "data.download")
+
+
+def run_folder_ignores(*extra: str) -> list[str]:
+    """RUN_FOLDER_IGNORES and `extra` (a preset adds the keys its sweep folder already names)."""
+    return [*RUN_FOLDER_IGNORES, *extra]
+
+
 def is_binary_data(name: str, binarize: bool) -> bool:
     """x is binary: binarized on the fly, or stored as 0/1 (Bernoulli output needs no data.binarize)."""
     return binarize or name in BINARY_DATASETS
@@ -129,7 +140,8 @@ def likelihood_for_data(name: str, binarize: bool) -> str:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
-    for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data)):
+    for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data),
+                           ("run_folder_ignores", run_folder_ignores)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
