@@ -25,7 +25,6 @@ the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -62,8 +61,9 @@ from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
-from .provenance import provenance
+from .provenance import code_fingerprint, fingerprint_of, provenance
 from .run_analysis import analyze_runs
+from .stored_run import read_config, read_metrics
 from .summary import format_run
 
 log = logging.getLogger(__name__)
@@ -265,11 +265,10 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
 
 def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
     """The stored metrics when run_dir holds this very run (training and evaluation) completed."""
-    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
-    if not (metrics_path.exists() and config_path.exists()):
+    metrics, stored_cfg = read_metrics(run_dir), read_config(run_dir)
+    if metrics is None or stored_cfg is None:
         return None
-    metrics = json.loads(metrics_path.read_text())
-    stored = OmegaConf.to_container(OmegaConf.load(config_path))
+    stored = OmegaConf.to_container(stored_cfg)
     same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
             and stored["eval"] == OmegaConf.to_container(cfg.eval))
     return metrics if same and metrics.get("status") == "completed" else None
@@ -364,6 +363,11 @@ def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopR
         stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
         analyze_runs([run_dir], run_dir, cfg.eval.test_subset, resolve_device(cfg.device))
     log.info("run already complete in %s\n%s", run_dir, format_run(metrics))
+    if fingerprint_of(metrics) != code_fingerprint():  # a stored result is never taken silently for this code's
+        log.warning("these numbers were computed by other code than the installed one (code fingerprint %s, "
+                    "now %s; commit %s): move %s away and run the command again to recompute them.",
+                    metrics.get("code_fingerprint", "not recorded"), code_fingerprint(),
+                    metrics.get("git_commit", "unknown"), run_dir)
     return metrics
 
 

@@ -12,6 +12,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData, load_mnist
 from lvae.evaluate import iw_log_likelihood
 from lvae.models import build_model
+from lvae.provenance import code_fingerprint
 from lvae.train import run, train_model
 
 
@@ -74,6 +75,27 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/elbo", "train/kl_weight", "kl_per_layer/z1", "eval/test_log_likelihood"} <= tags
     assert len(events.Scalars("train/loss")) == 3
+
+    per_image = torch.load(run_dir / "per_image.pt", weights_only=True)
+    assert per_image["test_log_likelihood"].shape == (32,)
+    assert per_image["test_log_likelihood"].mean().item() == pytest.approx(ll["mean"])
+    assert metrics["code_fingerprint"] == code_fingerprint()
+
+
+def test_a_stored_result_of_other_code_is_returned_with_a_warning(synthetic_mnist, tmp_path, caplog):
+    cfg = compose_config(f"data.root={synthetic_mnist}", "layers=1", "model.hidden_sizes=[8]",
+                         "model.latent_sizes=[2]", "train.epochs=1", "eval.iw_samples=4", "eval.train_subset=8",
+                         "eval.analyze=false", "device=cpu", "train.progress=false")
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir)
+    with caplog.at_level("WARNING"):
+        run(cfg, run_dir)
+    assert "other code" not in caplog.text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "code_fingerprint": "0" * 16}))
+    with caplog.at_level("WARNING"):
+        assert run(cfg, run_dir)["code_fingerprint"] == "0" * 16, "kept, never recomputed silently"
+    assert "computed by other code than the installed one" in caplog.text
 
 
 def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, tmp_path):
