@@ -92,7 +92,7 @@ def iw_log_likelihood_halves(model: HierarchicalVAE, images: torch.Tensor, iw_sa
     """log sum_k w_k over the first floor(K/2) samples and over the other samples, per image: (2, N) float64.
 
     w_k = p(x, z_k) / q(z_k|x), z_k ~ q(z|x). Both halves come from the one pass that
-    the K-sample estimate needs; `iw_log_likelihood` and `iw_convergence` combine them.
+    the K-sample estimate needs; `iw_estimates` combines them.
     """
     model.eval()
     n_images, n_samples = chunk_shape(model, len(images), iw_samples, memory_budget_mb)
@@ -115,7 +115,7 @@ def iw_log_likelihood_halves(model: HierarchicalVAE, images: torch.Tensor, iw_sa
 
 def iw_log_likelihood(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
                       memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
-    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64 (docs/method.md, eq. 4)."""
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64 (docs/method.md, eq. 9)."""
     halves = iw_log_likelihood_halves(model, images, iw_samples, memory_budget_mb, progress)
     return iw_estimates(halves, iw_samples)[0]
 
