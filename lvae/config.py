@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -29,20 +30,39 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = str(_config_dir())
+# The paper's budget (epochs, warm-up, how much is evaluated) is written in one place, configs/budget/paper.yaml:
+# the schema's defaults below read it, so a run without a budget preset has the paper's budget.
+PAPER_BUDGET = OmegaConf.load(Path(CONFIG_DIR) / "budget" / "paper.yaml")
 
 MAX_LAYERS = 5
-MODEL_NAMES = ("vae", "lvae")
-DEVICES = ("auto", "cpu", "cuda")
-LIKELIHOODS = ("bernoulli", "gaussian")
-INITS = ("pytorch", "glorot")
-DATASETS = tuple(DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry
+
+
+class Choice(str, Enum):
+    """A closed choice of the schema: composing refuses any other value and lists the allowed ones
+    (`likelihood=poisson` -> "expected one of [bernoulli, gaussian]"). A member is its plain string:
+    it compares, hashes, prints and formats as one ("vae" == ModelName.vae, f"{name}" == "vae")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _choice(name: str, values: Any) -> type[Choice]:
+    return Choice(name, {value: value for value in values}, module=__name__)  # type: ignore[return-value]
+
+
+ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/models.py's MODELS maps each to its class
+Likelihood = _choice("Likelihood", ("bernoulli", "gaussian"))
+Device = _choice("Device", ("auto", "cpu", "cuda"))
+Init = _choice("Init", ("pytorch", "glorot"))  # torch.nn defaults | Glorot-normal, zero biases, as Lasagne
+DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry, the one list
+DEVICES = tuple(d.value for d in Device)
 BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: ModelName = MISSING
     # Bottom (z_1) to top (z_5); a model with L layers uses the first L (docs/method.md, section 4).
     hidden_sizes: list[int] = field(default_factory=lambda: [512, 256, 128, 64, 32])
     latent_sizes: list[int] = field(default_factory=lambda: [64, 32, 16, 8, 4])
@@ -51,24 +71,24 @@ class ModelConfig:
     # Where the authors' released code differs from the paper (README, "Where we differ"); off = the paper.
     head_batch_norm: bool = False  # batch norm also on every mean and variance map (with batch_norm=true)
     vae_mirror_encoder_widths: bool = False  # the VAE's map z_{i+1} -> z_i as wide as its encoder's z_i -> z_{i+1}
-    init: str = "pytorch"  # pytorch (torch.nn defaults) | glorot (Glorot-normal, zero biases, as Lasagne)
+    init: Init = Init.pytorch
 
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"
+    name: DatasetName = DatasetName.mnist
     root: str = "${oc.env:LVAE_DATA_ROOT,data}"  # data.root, else $LVAE_DATA_ROOT, else ./data
     download: bool = True
     binarize: bool = True
     binarization_seed: int = 0  # the test set is binarized (or dequantized) once, with this seed
     dequantize: bool = False  # x = (pixel + u) / 256, u ~ U(0,1) fresh each batch: continuous data, bits/dim
     merge_valid: bool = False  # binarized_mnist: train on train+valid (60,000) instead of train (50,000)
-    train_subset: Optional[int] = None  # first N training images (None = all)
+    train_subset: Optional[int] = PAPER_BUDGET.data.train_subset  # first N training images (None = all)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2000
+    epochs: int = PAPER_BUDGET.train.epochs
     batch_size: int = 256
     lr: float = 0.002
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -84,9 +104,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    iw_samples: int = 5000
-    test_subset: Optional[int] = None  # first N test images (None = all 10,000)
-    train_subset: int = 10000  # training images for the training-set bound
+    iw_samples: int = PAPER_BUDGET.eval.iw_samples
+    test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset  # first N test images (None = all 10,000)
+    train_subset: int = PAPER_BUDGET.eval.train_subset  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
     allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
@@ -100,14 +120,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     layers: int = 5
     batch_norm: bool = True
-    warmup_epochs: int = 200  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
-    likelihood: str = "bernoulli"
+    warmup_epochs: int = PAPER_BUDGET.warmup_epochs  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
+    likelihood: Likelihood = Likelihood.bernoulli
     seed: int = 0
-    device: str = "auto"
+    device: Device = Device.auto
     allow_tf32: bool = True  # TF32 matmuls on CUDA (the log-likelihood reduction stays in float64)
     resume: Optional[str] = None  # a run directory to continue (default: the run's own directory)
     init_from: Optional[str] = None  # a completed run directory whose final weights start training (fine-tuning)
     budget_name: Optional[str] = None  # the budget preset (configs/budget/) that set epochs and evaluation, if any
+
+
+def config_to_dict(cfg: DictConfig) -> dict:
+    """The config as plain Python values, interpolations resolved and choices as strings: what a
+    checkpoint (read back with torch.load(weights_only=True)) or a JSON file can hold."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def run_dir_name(override_dirname: str) -> str:
@@ -168,14 +194,9 @@ def _positive(value: Any) -> bool:
 # key -> (check, what is allowed)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "layers": (lambda v: 1 <= v <= MAX_LAYERS, f"an integer from 1 to {MAX_LAYERS}"),
-    "model.name": (lambda v: v in MODEL_NAMES, f"one of {', '.join(MODEL_NAMES)}"),
     "model.mlp_depth": (lambda v: v >= 0, "an integer >= 0"),
     "model.min_variance": (_positive, "a number > 0"),
-    "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
-    "data.name": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "data.train_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    "likelihood": (lambda v: v in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
     "warmup_epochs": (lambda v: v >= 0, "an integer >= 0 (0 = no warm-up)"),
     "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
     "train.batch_size": (_positive, "an integer > 0"),
@@ -237,8 +258,8 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                 found += unknown(value, schema[key], f"{prefix}{key}.")
         return found
 
-    schema = OmegaConf.to_container(OmegaConf.structured(Config))
-    for key, close in unknown(OmegaConf.to_container(cfg), schema):
+    schema = config_to_dict(OmegaConf.structured(Config))
+    for key, close in unknown(config_to_dict(cfg), schema):
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"{key} is not a setting of lvae, so +{key}=... would be ignored: remove it{hint}.")
 
@@ -270,7 +291,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def run_defining_values(cfg: DictConfig | dict) -> dict[str, Any]:
     """key -> value of every key that defines what a run computes."""
-    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    tree = config_to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
     return {key: value for key, value in _flatten(tree).items()
             if not any(key == k or key.startswith(k + ".") for k in NOT_RUN_DEFINING)}
 
@@ -281,7 +302,7 @@ def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    defaults = config_to_dict(OmegaConf.structured(Config))
     old, new = {**run_defining_values(defaults), **run_defining_values(stored)}, run_defining_values(cfg)
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]

@@ -55,7 +55,7 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .config import ConfigError, resolve_device, run_differences, validate
+from .config import ConfigError, config_to_dict, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
@@ -268,9 +268,9 @@ def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
     metrics, stored_cfg = read_metrics(run_dir), read_config(run_dir)
     if metrics is None or stored_cfg is None:
         return None
-    stored = OmegaConf.to_container(stored_cfg)
+    stored = config_to_dict(stored_cfg)
     same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
-            and stored["eval"] == OmegaConf.to_container(cfg.eval))
+            and stored["eval"] == config_to_dict(cfg.eval))
     return metrics if same and metrics.get("status") == "completed" else None
 
 
@@ -300,7 +300,7 @@ class _Session:
     def save(self, state: TrainingState, rng: Optional[dict] = None) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT, model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), training=state.to_checkpoint(),
-                        rng=rng or capture_rng_state(), config=OmegaConf.to_container(self.cfg, resolve=True))
+                        rng=rng or capture_rng_state(), config=config_to_dict(self.cfg))
         self.checkpointed = (state.epoch, state.step)
         write_json(self.run_dir / "metrics.json", {"status": "running", **self.position()})
 

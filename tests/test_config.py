@@ -5,9 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.errors import HydraException
 
-from lvae.config import ConfigError, compose_config, validate
+from lvae.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
+from lvae.data import DATASETS
+from lvae.models import MODELS
 
 from .helpers import REPO
 
@@ -27,8 +30,6 @@ def test_default_config_is_valid_and_matches_the_paper():
         ("layers=9", "layers", "from 1 to 5"),
         ("train.lr=-1", "train.lr", "> 0"),
         ("eval.iw_samples=0", "eval.iw_samples", "> 0"),
-        ("device=tpu", "device", "auto, cpu, cuda"),
-        ("likelihood=poisson", "likelihood", "bernoulli, gaussian"),
         ("warmup_epochs=-3", "warmup_epochs", ">= 0"),
         ("train.batch_size=0", "train.batch_size", "> 0"),
         ("model.latent_sizes=[64,32]", "model.latent_sizes", "at least 5"),
@@ -38,6 +39,36 @@ def test_out_of_range_values_name_key_and_allowed_values(override, key, allowed)
     with pytest.raises(ConfigError) as error:
         validate(compose_config(override))
     assert key in str(error.value) and allowed in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("device=tpu", "[auto, cpu, cuda]"),
+        ("likelihood=poisson", "[bernoulli, gaussian]"),
+        ("model.name=ladder", "[vae, lvae]"),
+        ("model.init=xavier", "[pytorch, glorot]"),
+        ("data.name=cifar10", "[mnist, fashion_mnist, binarized_mnist, omniglot, norb]"),
+    ],
+)
+def test_closed_choices_are_refused_while_composing_with_the_allowed_values(override, allowed):
+    with pytest.raises(HydraException) as error:
+        compose_config(override)
+    assert allowed in str(error.value.__cause__)
+
+
+def test_the_schema_choices_are_the_registries():
+    assert {name.value for name in DatasetName} == set(DATASETS)
+    assert {name.value for name in ModelName} == set(MODELS)
+
+
+def test_a_stored_config_holds_plain_strings_that_a_weights_only_load_reads(tmp_path):
+    cfg = compose_config("model=vae", "likelihood=gaussian", "data.binarize=false")
+    stored = config_to_dict(cfg)
+    assert type(stored["model"]["name"]) is str and type(stored["likelihood"]) is str
+    torch.save({"config": stored}, tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["config"]["model"]["name"] == "vae"
+    assert f"{cfg.model.name}/{cfg.likelihood}" == "vae/gaussian"  # prints as the plain value
 
 
 def test_unknown_model_lists_the_choices():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import CONFIG_DIR
+from ..config import PAPER_BUDGET
 
 PAPER_ORDER = ("VAE", "VAE+BN", "VAE+BN+WU", "LVAE+BN+WU")  # Figure 3's variants, first in every table
 
@@ -39,8 +38,7 @@ def paper_cell(quantity: str, row: str, layers: list[int]) -> str:
 
 def paper_budget() -> dict:
     """The paper's values of BUDGET_KEYS, read from configs/budget/paper.yaml."""
-    budget = OmegaConf.load(Path(CONFIG_DIR) / "budget" / "paper.yaml")
-    return {key: OmegaConf.select(budget, key) for key in BUDGET_KEYS}
+    return {key: OmegaConf.select(PAPER_BUDGET, key) for key in BUDGET_KEYS}
 
 
 def budget_deviations(settings: list[dict]) -> list[str]:
