@@ -10,7 +10,7 @@ EXPERIMENT ?= fig3
 BUDGET ?= paper
 SEEDS ?= 1
 
-.PHONY: install test demo train reproduce bench tensorboard clean
+.PHONY: install test demo train reproduce bench gpu-check tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,19 @@ reproduce: install
 # Training and K=5000 evaluation speed against the device's matmul rate (prints figures; a few minutes).
 bench: install
 	$(PY) scripts/bench.py
+
+# The GPU self-check (scripts/gpu_check.py; about 8 minutes on a CUDA machine, installs included): the tests
+# on the GPU, eager vs compiled speed, a projected paper run, runs per GPU; summary in outputs/gpu-check/.
+# It reuses the torch that GPU_PYTHON (a CUDA image's python3) already has: a venv that sees its packages,
+# where pip adds only what lvae needs, from the same index as `make install`; offline, add
+# PIP_ARGS="--no-index --find-links DIR" with those wheels in DIR. On a CPU: ARGS=--tiny (what CI runs).
+GPU_PYTHON ?= python3
+GPU_VENV ?= .venv-gpu
+PIP_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet $(PIP_ARGS) -e '.[dev]'
+	$(GPU_VENV)/bin/python scripts/gpu_check.py $(ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs

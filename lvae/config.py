@@ -99,6 +99,7 @@ class TrainConfig:
     iw_samples: int = 1  # K of the importance-weighted bound (1 = ELBO)
     mc_samples: int = 1  # Monte Carlo samples averaged per image
     checkpoint_every: int = 10  # epochs between checkpoints (one is always written at the end)
+    compile: Optional[bool] = None  # torch.compile the step; null = auto: on CUDA, and on CPU for long runs
     progress: bool = True
 
 
@@ -110,6 +111,7 @@ class EvalConfig:
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
     allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
+    compile: Optional[bool] = None  # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
 
 
 @dataclass
@@ -144,8 +146,8 @@ def run_dir_name(override_dirname: str) -> str:
 
 # Keys that never name a run folder (Hydra's override_dirname.exclude_keys): how a run is run or where its
 # data lies, not what it computes. configs/config.yaml and configs/layout/preset.yaml read this one list.
-RUN_FOLDER_IGNORES = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "data.root",
-                      "data.download")
+RUN_FOLDER_IGNORES = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
+                      "eval.compile", "data.root", "data.download")
 
 
 def run_folder_ignores(*extra: str) -> list[str]:
@@ -276,7 +278,7 @@ def resolve_device(name: str) -> torch.device:
 # Keys that change how a run is run or reported, not what it computes: a resumed run
 # may change them. Everything else defines the run (train.epochs may grow: training
 # then continues from the last checkpoint).
-NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.epochs", "eval", "device", "allow_tf32",
+NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.compile", "train.epochs", "eval", "device", "allow_tf32",
                     "resume", "data.root", "data.download", "budget_name")
 
 

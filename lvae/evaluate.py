@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
+from .compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
 from .data import ImageData
 from .models import HierarchicalVAE
 from .objectives import elbo, kl_per_layer, log_importance_weights, training_bound
@@ -159,8 +160,21 @@ def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> 
 
     Call `recompute_batchnorm_statistics` first when the model uses batch norm.
     """
+    device = next(model.parameters()).device
+    test_images = len(data.test[: cfg.eval.test_subset])
+    compile_chunks = use_compile(cfg.eval.compile, device, test_images * cfg.eval.iw_samples, CPU_MIN_EVAL_PAIRS)
     with float32_matmuls(cfg.eval.allow_tf32):
-        return _evaluate(fold_batchnorm(model), data, cfg)
+        return {**_evaluate(evaluation_copy(model, compile_chunks), data, cfg), "compiled": compile_chunks}
+
+
+def evaluation_copy(model: HierarchicalVAE, compile_forward: bool = False) -> HierarchicalVAE:
+    """The model as evaluation runs it: batch norm folded (a copy), its forward pass, which every
+    chunk runs, compiled when asked (lvae/compiling.py)."""
+    folded = fold_batchnorm(model)
+    if compile_forward:
+        device = next(folded.parameters()).device
+        folded.compile(mode=compile_mode(device), dynamic=False)
+    return folded
 
 
 def _evaluate(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:

@@ -55,7 +55,8 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
+from .config import ConfigError, EvalConfig, config_to_dict, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
@@ -155,6 +156,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+def new_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Adam:
+    """Adam as train.* sets it, its update one fused kernel per step on CPU and CUDA rather than
+    a loop over the parameter tensors. (A checkpoint restores the implementation it was written
+    with, so a run started with the per-tensor loop resumes bitwise.)"""
+    device = next(model.parameters()).device
+    return torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
+                            fused=device.type in ("cpu", "cuda"))
+
+
+def training_forward(model: HierarchicalVAE, iw_samples: int, mc_samples: int) -> Callable:
+    """forward(x, kl_weight) -> (loss, batch sums): the forward half of a training step.
+
+    loss: minus the training bound (docs/method.md, eq. 10), averaged over the batch; batch
+    sums: the bound, the ELBO and each layer's KL term summed over the batch, (2 + L,),
+    detached, for the epoch's averages. One function, so that a compiled step fuses it all.
+    """
+    def forward(x: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        trace = model(x, mc_samples * iw_samples)
+        bound = training_bound(trace, iw_samples, kl_weight)
+        sums = torch.cat([bound.sum().view(1), elbo(trace).mean(0).sum().view(1), kl_per_layer(trace).mean(1).sum(-1)])
+        return -bound.mean(), sums.detach()
+
+    return forward
+
+
+def gradient_clipping(model: HierarchicalVAE, tc: DictConfig) -> Callable[[], torch.Tensor]:
+    """clip() clips the gradients to total norm train.grad_clip_norm, then each entry to
+    train.grad_clip_value when set, and returns the norm before clipping."""
+    parameters = list(model.parameters())
+
+    def clip() -> torch.Tensor:
+        norm = nn.utils.clip_grad_norm_(parameters, tc.grad_clip_norm)
+        if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
+            nn.utils.clip_grad_value_(parameters, tc.grad_clip_value)
+        return norm
+
+    return clip
+
+
 def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: ImageData, cfg: DictConfig,
                 writer: SummaryWriter, state: Optional[TrainingState] = None,
                 save: Callable[[TrainingState], None] = lambda state: None,
@@ -163,12 +203,18 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
     checkpoint_every epochs and before stopping on `stop`. `state` is updated in place.
 
     Running sums and the non-finite check stay on the device and are read once
-    per epoch, so no step waits for the host.
+    per epoch, so no step waits for the host. The forward half of each step is compiled
+    when train.compile says so (lvae/compiling.py); each epoch's record says whether it was.
     """
     state = state or TrainingState()
     stop = stop or StopRequest()
     tc = cfg.train
     n_batches = data.batches_per_epoch(tc.batch_size)
+    device = data.train.device
+    compile_step = use_compile(tc.compile, device, (tc.epochs - state.epoch) * n_batches, CPU_MIN_TRAIN_STEPS)
+    forward, clip = training_forward(model, tc.iw_samples, tc.mc_samples), gradient_clipping(model, tc)
+    if compile_step:  # on the CPU the clipping is a Python loop over ~120 tensors unless compiled
+        forward, clip = compiled(forward, device), compiled(clip, device)
     epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
                   initial=state.epoch, total=tc.epochs, disable=not tc.progress)
     for epoch in epochs:
@@ -182,21 +228,17 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
         # A checkpoint taken after the epoch's last step resumes here with no batch left to run.
         while state.next_batch < n_batches:
             x = data.train_batch(state.order, state.next_batch, tc.batch_size)
-            kl_weight = kl_warmup_weight(state.step, n_batches, cfg.warmup_epochs)
-            trace = model(x, tc.mc_samples * tc.iw_samples)
-            bound = training_bound(trace, tc.iw_samples, kl_weight)
-            loss = -bound.mean()
+            # A tensor filled on the device: neither a copy from the host nor a recompilation per value.
+            kl_weight = torch.full((), kl_warmup_weight(state.step, n_batches, cfg.warmup_epochs), device=device)
+            loss, batch_sums = forward(x, kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
-            if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
-                nn.utils.clip_grad_value_(model.parameters(), tc.grad_clip_value)
+            grad_norm = clip()
             optimizer.step()
             with torch.no_grad():
                 finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
                 first_bad_step = torch.where(finite | (first_bad_step >= 0), first_bad_step, state.step)
-                state.sums += torch.cat([bound.sum().view(1), elbo(trace).mean(0).sum().view(1),
-                                         kl_per_layer(trace).mean(1).sum(-1)])
+                state.sums += batch_sums
             state.seen += len(x)
             state.step += 1
             state.next_batch += 1
@@ -211,7 +253,8 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
         kl_weight = kl_warmup_weight(state.step - 1, n_batches, cfg.warmup_epochs)  # that of the epoch's last step
         state.train_seconds += time.perf_counter() - started
         state.history.append({"epoch": epoch + 1, "train_objective": bound_mean, "train_elbo": elbo_mean,
-                              "kl_weight": kl_weight, "kl_per_layer": kl, "seconds": time.perf_counter() - started})
+                              "kl_weight": kl_weight, "kl_per_layer": kl, "seconds": time.perf_counter() - started,
+                              "compiled": compile_step})
         state.epoch, state.order, state.sums = epoch + 1, None, None
         _log_epoch(writer, state.history[-1])
         epochs.set_postfix(bound=f"{bound_mean:.2f}", kl_weight=f"{kl_weight:.2f}")
@@ -270,8 +313,16 @@ def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
         return None
     stored = config_to_dict(stored_cfg)
     same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
-            and stored["eval"] == config_to_dict(cfg.eval))
+            and _evaluation_settings(stored["eval"]) == _evaluation_settings(config_to_dict(cfg.eval)))
     return metrics if same and metrics.get("status") == "completed" else None
+
+
+def _evaluation_settings(stored_eval: dict) -> dict:
+    """eval.* of a config as a finished run's numbers depend on it: a key that a stored config lacks
+    (added to the schema later) has its default; compiled or not is how, not what, it computes."""
+    settings = {**config_to_dict(OmegaConf.structured(EvalConfig)), **stored_eval}
+    settings.pop("compile")
+    return settings
 
 
 def _record_status(run_dir: Path, status: str, **fields) -> None:
@@ -384,7 +435,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
     data = load_dataset(cfg.data, device)
     model = build_model(cfg, data.dim).to(device)
     tc = cfg.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+    optimizer = new_optimizer(model, tc)
     session = _Session(cfg, run_dir, device, origin, data, model, optimizer, TrainingState())
     if checkpoint is not None:
         session.state = _restore(checkpoint, cfg, run_dir / CHECKPOINT, model, optimizer)
@@ -456,7 +507,10 @@ def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) ->
         "dequantized": session.data.dequantize,
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,
-        **results,
+        **{key: value for key, value in results.items() if key != "compiled"},
+        # Epochs trained by a compiled step (each epoch's record also says it), and the evaluation.
+        "compiled": {"train_epochs": sum(bool(record.get("compiled")) for record in state.history),
+                     "evaluation": results["compiled"]},
         "wall_time_s": {"train": state.train_seconds, "evaluate": evaluate_seconds,
                         "total": state.train_seconds + evaluate_seconds},
         **session.origin,

@@ -1,16 +1,19 @@
-"""Benchmark training and K=5000 evaluation against the device's own matmul rate.
+"""Benchmark training and K=5000 evaluation, eager and compiled, against the device's own matmul rate.
 
-    python scripts/bench.py [--device auto] [--eval-images 64] [--naive-images 8]
+    python scripts/bench.py [--device auto] [--eval-images 64] [--naive-images 8] [--profile]
 
-Prints, for a 5-layer LVAE and VAE with batch norm:
-- training: steps/s and images/s at batch 256, and the model's FLOP rate as a
-  fraction of the dense matmul rate measured on the same layer shapes;
+Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by side:
+- training: ms per step at batch 256 (the real training loop), and the model's FLOP rate
+  as a fraction of the dense matmul rate measured on the same layer shapes; the compile
+  time separately, and a check that nothing recompiles after warm-up;
 - evaluation: (images x importance samples)/s at K = 5000 and its fraction of the
-  matmul rate, peak memory against the budget, the time for K = 100, 1000, 5000
-  and for 1 to 5 layers, and the projected time of the full 10,000-image test set;
+  matmul rate, peak memory against the budget, and the projected time of the full
+  10,000-image test set;
+- (eager) the time for K = 100, 1000, 5000 and for 1 to 5 layers;
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
-  the two estimates side by side.
+  the two estimates side by side;
+- with --profile: torch.profiler's top operators of 20 training steps, eager and compiled.
 
 Evaluation is measured as `lvae.evaluate.evaluate_model` runs it: batch norm folded
 into the dense layers (`fold_batchnorm`); the naive evaluator keeps it unfolded, as
@@ -26,11 +29,13 @@ fractions say how close the whole step comes to pure matmul speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,12 +45,13 @@ from torch.utils.tensorboard import SummaryWriter
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lvae.config import compose_config, resolve_device  # noqa: E402
+from lvae.config import DEVICES, compose_config, resolve_device  # noqa: E402
 from lvae.data import ImageData  # noqa: E402
-from lvae.evaluate import fold_batchnorm, iw_log_likelihood  # noqa: E402
+from lvae.evaluate import evaluation_copy, fold_batchnorm, iw_log_likelihood  # noqa: E402
 from lvae.models import HierarchicalVAE, build_model  # noqa: E402
 from lvae.objectives import log_importance_weights  # noqa: E402
-from lvae.train import train_model  # noqa: E402
+from lvae.provenance import describe_device  # noqa: E402
+from lvae.train import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
 IMAGE_DIM = 784
@@ -107,39 +113,67 @@ def matmul_rate(shapes: Counter, device: torch.device, repeats: int = 3) -> floa
     return total_flops / total_seconds
 
 
-def paper_model(name: str, layers: int, device: torch.device) -> HierarchicalVAE:
-    cfg = compose_config(f"model={name}", f"layers={layers}", "batch_norm=true")
+@dataclass(frozen=True)
+class Size:
+    """Which models to time: the paper's 5 layers by default; scripts/gpu_check.py --tiny passes small ones."""
+
+    layers: int = 5
+    overrides: tuple[str, ...] = ()  # e.g. ("model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]")
+
+
+PAPER = Size()
+
+
+def paper_model(name: str, layers: int, device: torch.device, size: Size = PAPER) -> HierarchicalVAE:
+    cfg = compose_config(f"model={name}", f"layers={layers}", "batch_norm=true", *size.overrides)
     return build_model(cfg, IMAGE_DIM).to(device)
 
 
-def evaluation_model(name: str, layers: int, device: torch.device) -> HierarchicalVAE:
-    """The model as lvae.evaluate.evaluate_model runs it: eval mode, batch norm folded."""
-    return fold_batchnorm(paper_model(name, layers, device))
+def evaluation_model(name: str, layers: int, device: torch.device, compiled: bool = False,
+                     size: Size = PAPER) -> HierarchicalVAE:
+    """The model as lvae.evaluate.evaluate_model runs it: eval mode, batch norm folded, maybe compiled."""
+    return evaluation_copy(paper_model(name, layers, device, size), compiled)
 
 
 def random_binary_images(n: int, device: torch.device) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, IMAGE_DIM), 0.13, device=device))
 
 
-def bench_training(name: str, device: torch.device, steps: int) -> dict:
-    """The real training loop (lvae.train.train_model) for `steps` steps of batch 256."""
+def no_recompilation(compiled: bool):
+    """While active, a recompilation raises instead of happening (torch.compiler.set_stance)."""
+    return torch.compiler.set_stance("fail_on_recompile") if compiled else contextlib.nullcontext()
+
+
+def training_setup(name: str, device: torch.device, steps: int, compiled: bool, size: Size = PAPER):
+    """(model, run(n_steps)) for the real training loop, lvae.train.train_model, at batch 256."""
     torch.manual_seed(0)
-    model = paper_model(name, 5, device)
-    cfg = compose_config(f"model={name}", "layers=5", "train.epochs=1", "train.progress=false", "warmup_epochs=0")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
+    model = paper_model(name, size.layers, device, size)
+    cfg = compose_config(f"model={name}", f"layers={size.layers}", "train.epochs=1", "train.progress=false",
+                         "warmup_epochs=0", f"train.compile={str(compiled).lower()}", *size.overrides)
+    optimizer = new_optimizer(model, cfg.train)
     images = random_binary_images(BATCH * steps, device)
-    data = ImageData(images, torch.zeros(len(images)), images[:BATCH], torch.zeros(BATCH), binarize=True)
-    with tempfile.TemporaryDirectory() as tmp, SummaryWriter(tmp) as writer:
-        warmup = ImageData(images[: BATCH * 2], torch.zeros(BATCH * 2), images[:BATCH], torch.zeros(BATCH), True)
-        train_model(model, optimizer, warmup, cfg, writer)
-        seconds = timed(lambda: train_model(model, optimizer, data, cfg, writer), device, repeats=3)
+    writer = SummaryWriter(tempfile.mkdtemp())
+
+    def run(n_steps: int) -> None:
+        x = images[: BATCH * n_steps]
+        train_model(model, optimizer, ImageData(x, torch.zeros(len(x)), x[:BATCH], torch.zeros(BATCH), True),
+                    cfg, writer)
+
+    return model, run
+
+
+def bench_training(name: str, device: torch.device, steps: int, compiled: bool, size: Size = PAPER) -> dict:
+    """ms per step of the training loop; the first call (compilation included) timed apart."""
+    model, run = training_setup(name, device, steps, compiled, size)
+    first_call = timed(lambda: run(2), device)  # compiles forward and backward when `compiled`
+    with no_recompilation(compiled):
+        seconds = timed(lambda: run(steps), device, repeats=3)
     with MatmulShapes(model) as shapes:
-        model(images[:BATCH])
+        model(random_binary_images(BATCH, device))
     flops_per_step = 3 * shapes.flops
-    rate = matmul_rate(shapes.shapes, device)
-    return {"steps_per_s": steps / seconds, "images_per_s": steps * BATCH / seconds,
-            "ms_per_step": 1000 * seconds / steps, "model_flops": flops_per_step * steps / seconds,
-            "matmul_flops": rate}
+    return {"ms_per_step": 1000 * seconds / steps, "images_per_s": steps * BATCH / seconds,
+            "model_flops": flops_per_step * steps / seconds, "matmul_flops": matmul_rate(shapes.shapes, device),
+            "first_call_s": first_call}
 
 
 def peak_memory_tracker(device: torch.device):
@@ -168,23 +202,45 @@ def eval_flops(model: HierarchicalVAE, images: torch.Tensor, k: int) -> float:
     return len(images) * (per_image.flops + k * per_sample.flops)
 
 
-def bench_evaluation(name: str, device: torch.device, n_images: int, budget_mb: int) -> dict:
+def bench_evaluation(name: str, device: torch.device, n_images: int, budget_mb: int, compiled: bool,
+                     size: Size = PAPER) -> dict:
     torch.manual_seed(0)
-    model = evaluation_model(name, 5, device)
+    model = evaluation_model(name, size.layers, device, compiled, size)
     images = random_binary_images(n_images, device)
-    iw_log_likelihood(model, images[:2], 500, budget_mb)  # warm-up
+    first_call = timed(lambda: iw_log_likelihood(model, images, 5000, budget_mb), device)  # compiles when asked
     reset, read = peak_memory_tracker(device)
     baseline = read() if device.type == "cuda" else None
     reset()
     before = read()
-    seconds = timed(lambda: iw_log_likelihood(model, images, 5000, budget_mb), device, repeats=2)
+    with no_recompilation(compiled):
+        seconds = timed(lambda: iw_log_likelihood(model, images, 5000, budget_mb), device, repeats=2)
     peak = read() - (baseline if baseline is not None else before)
-    with torch.no_grad(), MatmulShapes(model) as shapes:
-        model(images[:4], 5000 // 4)  # representative chunk shapes
+    eager = evaluation_model(name, size.layers, device, size=size)
+    with torch.no_grad(), MatmulShapes(eager) as shapes:
+        eager(images[:4], 5000 // 4)  # representative chunk shapes
     return {"pairs_per_s": n_images * 5000 / seconds, "seconds": seconds,
-            "model_flops": eval_flops(model, images, 5000) / seconds,
-            "matmul_flops": matmul_rate(shapes.shapes, device), "peak_bytes": peak,
+            "model_flops": eval_flops(eager, images, 5000) / seconds,
+            "matmul_flops": matmul_rate(shapes.shapes, device), "peak_bytes": peak, "first_call_s": first_call,
             "full_test_minutes": TEST_SET * 5000 / (n_images * 5000 / seconds) / 60}
+
+
+def best_matmul_rate(*measurements: dict) -> float:
+    """The device's matmul rate on these shapes: the best of the measurements (a shared machine only
+    ever slows one down), so that eager and compiled are held against the same rate."""
+    return max(m["matmul_flops"] for m in measurements)
+
+
+def profile_training(name: str, device: torch.device, compiled: bool, rows: int = 12) -> str:
+    """torch.profiler's table of the operators that take the most time over 20 training steps."""
+    _, run = training_setup(name, device, 20, compiled)
+    run(2)  # compile and warm up outside the profile
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        run(20)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return profile.key_averages().table(sort_by=key, row_limit=rows)
 
 
 @torch.no_grad()
@@ -219,31 +275,45 @@ def bench_naive(device: torch.device, n_images: int, budget_mb: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=64)
     parser.add_argument("--naive-images", type=int, default=8)
     parser.add_argument("--memory-budget-mb", type=int, default=1024)
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"lvae benchmark on {device} ({name}), torch {torch.__version__}\n")
+    print(f"lvae benchmark on {describe_device(device)}, torch {torch.__version__}\n")
 
-    print("Training, 5 layers, batch norm, batch 256 (the real training loop):")
+    print("Training, 5 layers, batch norm, batch 256 (the real training loop), eager | compiled:")
     for model_name in ("lvae", "vae"):
-        r = bench_training(model_name, device, args.train_steps)
-        print(f"  {model_name.upper():4s} {r['steps_per_s']:7.1f} steps/s  {r['images_per_s']:8.0f} images/s  "
-              f"{r['ms_per_step']:6.2f} ms/step  model {r['model_flops'] / 1e9:7.1f} GFLOP/s = "
-              f"{r['model_flops'] / r['matmul_flops']:.0%} of matmul on the same shapes "
-              f"({r['matmul_flops'] / 1e9:.1f} GFLOP/s)")
+        eager, fast = (bench_training(model_name, device, args.train_steps, c) for c in (False, True))
+        rate = best_matmul_rate(eager, fast)
+        print(f"  {model_name.upper():4s} {eager['ms_per_step']:6.2f} | {fast['ms_per_step']:6.2f} ms/step "
+              f"(x{eager['ms_per_step'] / fast['ms_per_step']:.2f})  "
+              f"{eager['model_flops'] / rate:.0%} | {fast['model_flops'] / rate:.0%} "
+              f"of matmul on the same shapes ({rate / 1e9:.1f} GFLOP/s)  "
+              f"compile {fast['first_call_s'] - eager['first_call_s']:.0f} s")
+    print("  (no recompilation after warm-up: the timed steps ran under torch.compiler.set_stance('fail_on_recompile'))")
 
-    print(f"\nEvaluation, K=5000, {args.eval_images} images, memory budget {args.memory_budget_mb} MB:")
+    print(f"\nEvaluation, K=5000, {args.eval_images} images, memory budget {args.memory_budget_mb} MB, "
+          "eager | compiled:")
     for model_name in ("lvae", "vae"):
-        r = bench_evaluation(model_name, device, args.eval_images, args.memory_budget_mb)
-        print(f"  {model_name.upper():4s} {r['pairs_per_s']:9.0f} (image x sample)/s  model "
-              f"{r['model_flops'] / 1e9:6.1f} GFLOP/s = {r['model_flops'] / r['matmul_flops']:.0%} of matmul "
-              f"({r['matmul_flops'] / 1e9:.1f} GFLOP/s)  peak memory {r['peak_bytes'] / 2**20:6.0f} MB  "
-              f"full test set (10,000 images): {r['full_test_minutes']:.1f} min (projected)")
+        eager, fast = (bench_evaluation(model_name, device, args.eval_images, args.memory_budget_mb, c)
+                       for c in (False, True))
+        rate = best_matmul_rate(eager, fast)
+        print(f"  {model_name.upper():4s} {eager['pairs_per_s']:7.0f} | {fast['pairs_per_s']:7.0f} (image x sample)/s "
+              f"(x{fast['pairs_per_s'] / eager['pairs_per_s']:.2f})  "
+              f"{eager['model_flops'] / rate:.0%} | {fast['model_flops'] / rate:.0%} "
+              f"of matmul ({rate / 1e9:.1f} GFLOP/s)  peak memory "
+              f"{eager['peak_bytes'] / 2**20:.0f} | {fast['peak_bytes'] / 2**20:.0f} MB  full test set: "
+              f"{eager['full_test_minutes']:.1f} | {fast['full_test_minutes']:.1f} min (projected)  "
+              f"compile {fast['first_call_s'] - eager['first_call_s']:.0f} s")
+
+    if args.profile:
+        for compiled in (False, True):
+            print(f"\nProfile of 20 training steps, LVAE, {'compiled' if compiled else 'eager'}:")
+            print(profile_training("lvae", device, compiled))
 
     print("\nEvaluation time against K (LVAE, 5 layers, per image):")
     model = evaluation_model("lvae", 5, device)

@@ -16,6 +16,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# Every device torch sees. The numerical and end-to-end tests take `device`, so they run on each:
+# on a machine with a GPU this suite is also the GPU's check (scripts/gpu_check.py runs that part).
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
 @pytest.fixture
 def synthetic_mnist(tmp_path: Path) -> Path:
     return write_synthetic_mnist(tmp_path / "data")

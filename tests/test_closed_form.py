@@ -28,19 +28,20 @@ def _data(truth: LinearGaussian) -> torch.Tensor:
     return truth.marginal().sample(torch.Size([N_IMAGES]))
 
 
-def test_ppca_with_exact_posterior_gives_exact_log_likelihood_at_every_k():
+def test_ppca_with_exact_posterior_gives_exact_log_likelihood_at_every_k(device):
     torch.manual_seed(0)
     truth = LinearGaussian(data_dim=6, latent_sizes=[2])
     model = truth.build(BottomUpVAE)
     set_head(model.encoders[0].head, *truth.exact_one_layer_posterior())
     x = _data(truth)
     exact = truth.marginal().log_prob(x)
+    model, x = model.to(device), x.to(device)
     for k in (1, 7, 5000):
-        estimate = iw_log_likelihood(model, x, k, memory_budget_mb=1)
+        estimate = iw_log_likelihood(model, x, k, memory_budget_mb=1).cpu()
         torch.testing.assert_close(estimate, exact, atol=FLOAT_TOLERANCE, rtol=0)
 
 
-def test_lvae_with_exact_posterior_gives_exact_log_likelihood():
+def test_lvae_with_exact_posterior_gives_exact_log_likelihood(device):
     """Two layers, scalar z_2: the precision-weighted merge of the likelihood term of
     z_1 with p(z_1|z_2) is the exact p(z_1|z_2,x), and q(z_2|x) is exact too."""
     torch.manual_seed(0)
@@ -50,8 +51,9 @@ def test_lvae_with_exact_posterior_gives_exact_log_likelihood():
     set_head(model.upward_heads[1], *truth.exact_top_posterior_scalar())
     x = _data(truth)
     exact = truth.marginal().log_prob(x)
+    model, x = model.to(device), x.to(device)
     for k in (1, 5000):
-        torch.testing.assert_close(iw_log_likelihood(model, x, k, memory_budget_mb=1), exact,
+        torch.testing.assert_close(iw_log_likelihood(model, x, k, memory_budget_mb=1).cpu(), exact,
                                    atol=FLOAT_TOLERANCE, rtol=0)
 
 
@@ -72,7 +74,7 @@ def _weight_variance(model, x, k: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_name", ["vae", "lvae"])
-def test_estimate_rises_towards_log_likelihood_with_k(model_name):
+def test_estimate_rises_towards_log_likelihood_with_k(model_name, device):
     torch.manual_seed(1)
     if model_name == "vae":
         truth, model = _perturbed_ppca()
@@ -84,7 +86,8 @@ def test_estimate_rises_towards_log_likelihood_with_k(model_name):
         gain, offset, var = truth.exact_top_posterior_scalar()
         set_head(model.upward_heads[1], gain, offset - 0.3, var * 0.7)
     x = _data(truth)
-    exact = truth.marginal().log_prob(x)
+    exact = truth.marginal().log_prob(x).to(device)
+    model, x = model.to(device), x.to(device)
     gaps = {k: (exact - iw_log_likelihood(model, x, k, memory_budget_mb=1)).mean().item()
             for k in (1, 10, 100, 5000)}
     # A lower bound that tightens: every gap positive at small K and shrinking.

@@ -7,9 +7,8 @@ estimator is drawn many times for one image (the image repeated along the batch)
 mean must match the closed form within Z standard errors of that mean, the standard error
 coming from the draws' own variance.
 
-STRONGLY_DEPENDENT is the case an analytic KL at the sampled parent gets wrong by
-1/s^2 nats for bottom-up inference: q(z_2|z_1) = N(z_1, s^2) nearly copies z_1 and
-p(z_1|z_2) = N(z_2, s^2), with s^2 = 0.05 (a bias of 20 nats).
+The cases (tests/helpers/elbo_cases.py) include the strongly dependent one, where an
+analytic KL at the sampled parent is 1/s^2 = 20 nats off for bottom-up inference.
 """
 
 from __future__ import annotations
@@ -20,58 +19,18 @@ import torch
 from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.evaluate import evaluate_model
-from lvae.models import BottomUpVAE, LadderVAE
 from lvae.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
-from .helpers.gaussian_chain import ChainParameters, exact_elbo
-
-DRAWS = 20_000
-Z = 5.0  # tolerance in standard errors of the mean: a false alarm about once in 3.5 million checks
-FLOAT_TOLERANCE = 1e-9  # float64 models
-MODELS = {"vae": BottomUpVAE, "lvae": LadderVAE}
-STRONG_VARIANCE = 0.05
-
-
-def strongly_dependent(data_dim: int = 4) -> ChainParameters:
-    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    params = ChainParameters.random(data_dim, [1, 1], seed=3)
-    small = torch.full((1,), STRONG_VARIANCE, dtype=torch.float64)
-    params.encoders = [(torch.zeros(1, data_dim, dtype=torch.float64), zero, torch.ones(1, dtype=torch.float64)),
-                       (one, zero, small)]  # q(z_1) = N(0, 1), q(z_2|z_1) = N(z_1, s^2)
-    params.priors = [(one, zero, small)]  # p(z_1|z_2) = N(z_2, s^2)
-    return params
-
-
-CASES = {
-    "2 layers": lambda: ChainParameters.random(6, [3, 2], seed=1),
-    "3 layers": lambda: ChainParameters.random(6, [3, 2, 2], seed=2),
-    "strongly dependent": strongly_dependent,
-}
-
-
-def assert_unbiased(draws: torch.Tensor, exact: torch.Tensor, what: str) -> None:
-    """draws: (N, ...) independent draws of an estimator; exact: its expectation (...)."""
-    mean, stderr = draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
-    error = (mean - exact).abs()
-    assert (error <= Z * stderr + FLOAT_TOLERANCE).all(), (
-        f"{what}: mean of {draws.shape[0]} draws {mean.tolist()} vs closed form {exact.tolist()}: "
-        f"off by {(error / stderr).max().item():.1f} standard errors")
-
-
-def setup(case: str, model_name: str):
-    params = CASES[case]()
-    model_class = MODELS[model_name]
-    x = params.sample_x(1, seed=7)[0]
-    return params.build(model_class), x, exact_elbo(params, model_class, x)
+from .helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup
 
 
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("case", CASES)
-def test_per_sample_estimators_match_the_closed_form(case, model_name):
+def test_per_sample_estimators_match_the_closed_form(case, model_name, device):
     """The K=1 training objective (with and without warm-up weight), the ELBO and every
     layer's KL term, per layer and per unit; and the log-ratio ELBO of the IW bound."""
     torch.manual_seed(0)
-    model, x, exact = setup(case, model_name)
+    model, x, exact = setup(case, model_name, device)
     with torch.no_grad():
         trace = model(x.expand(DRAWS, -1), 1)  # DRAWS independent single-sample draws
     for kl_weight in (1.0, 0.3):
@@ -106,12 +65,12 @@ def _repeated_image_data(x: torch.Tensor, n: int) -> ImageData:
 
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("case", ["3 layers", "strongly dependent"])
-def test_reported_numbers_match_the_closed_form(case, model_name):
+def test_reported_numbers_match_the_closed_form(case, model_name, device):
     """What a run reports (evaluate_model: test ELBO, KL per layer, train bound, and the
     K-sample estimate at K = 1, which is an ELBO estimate too), each within Z of its
     reported standard error of the closed form."""
     torch.manual_seed(0)
-    model, x, exact = setup(case, model_name)
+    model, x, exact = setup(case, model_name, device)
     n = 4000
     cfg = compose_config("likelihood=gaussian", "data.binarize=false", "eval.iw_samples=1",
                          f"eval.train_subset={n}", "train.progress=false", "eval.memory_budget_mb=16")

@@ -18,7 +18,7 @@ LAYERS = {
     "commands": ["cli", "analyze", "report", "reproduce", "compare", "sweep"],
     "run": ["train", "checkpoint", "provenance", "finetune", "stored_run", "run_analysis", "summary"],
     "evaluation and analysis": ["evaluate", "analysis"],
-    "model": ["models", "objectives", "distributions"],
+    "model": ["models", "objectives", "distributions", "compiling"],
     "beside (configs and data)": ["config", "data"],
 }
 LEVEL = {name: level for level, names in enumerate(reversed(LAYERS.values())) for name in names}

@@ -22,10 +22,10 @@ def small_model(name: str, layers: int, batch_norm: bool = True, *overrides: str
 
 @pytest.mark.parametrize("name", ["vae", "lvae"])
 @pytest.mark.parametrize("layers", [1, 2, 5])
-def test_trace_shapes(name, layers):
+def test_trace_shapes(name, layers, device):
     torch.manual_seed(0)
-    model = small_model(name, layers)
-    x = torch.bernoulli(torch.rand(B, D))
+    model = small_model(name, layers).to(device)
+    x = torch.bernoulli(torch.rand(B, D, device=device))
     trace = model(x, n_samples=S)
     assert [layer.z.shape for layer in trace.layers] == [(S, B, d) for d in [6, 5, 4, 3, 2][:layers]]
     for layer in trace.layers:
@@ -79,10 +79,10 @@ def test_reusing_the_per_image_context_changes_nothing(name):
 
 @pytest.mark.parametrize("name", ["vae", "lvae"])
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_gradients_are_finite_and_reach_every_parameter(name, batch_norm):
+def test_gradients_are_finite_and_reach_every_parameter(name, batch_norm, device):
     torch.manual_seed(0)
-    model = small_model(name, 5, batch_norm)
-    x = torch.bernoulli(torch.rand(32, D))
+    model = small_model(name, 5, batch_norm).to(device)
+    x = torch.bernoulli(torch.rand(32, D, device=device))
     (-training_bound(model(x, 4), iw_samples=2, kl_weight=0.3).mean()).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname

@@ -99,6 +99,23 @@ def test_stopped_at_any_step_resumes_bitwise_identical(two_epochs, signal_at, tm
     assert differences_between_runs(reference, tmp_path) == []
 
 
+@pytest.mark.slow  # compiles the step twice (tens of seconds on 2 CPU cores)
+def test_a_compiled_run_stopped_mid_epoch_resumes_bitwise_identical(two_epochs, signal_at, tmp_path, monkeypatch):
+    """Within one mode, compiled too: the compiled step draws its noise from the generator the checkpoint saves.
+    (kl_warmup_weight is called once per step outside the compiled part, so the signal comes from there.)"""
+    cfg, _ = two_epochs
+    cfg = OmegaConf.merge(cfg, {"train": {"compile": True}})
+    reference = tmp_path / "reference"
+    run(cfg, reference)
+    assert _status(reference)["compiled"] == {"train_epochs": 2, "evaluation": False}
+    signal_at(signal.SIGTERM, "kl_warmup_weight", 3)
+    with pytest.raises(RunInterrupted, match="at epoch 1, step 3; checkpoint written"):
+        run(cfg, tmp_path / "stopped")
+    monkeypatch.undo()
+    run(cfg, tmp_path / "stopped")
+    assert differences_between_runs(reference, tmp_path / "stopped") == []
+
+
 # 6. A signal during evaluation: a message, status `interrupted`, and a rerun that recovers.
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_evaluation_is_recorded_and_a_rerun_recovers(two_epochs, signal_at, tmp_path, monkeypatch,

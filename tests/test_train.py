@@ -38,14 +38,14 @@ def test_training_on_a_tiny_set_lowers_the_loss(name, tmp_path):
 EXPECTED_FIELDS = {
     "status", "model", "layers", "batch_norm", "warmup_epochs", "likelihood", "dataset", "epochs", "seed",
     "test_log_likelihood", "test_elbo", "train_bound", "kl_per_layer", "wall_time_s", "date", "command",
-    "device", "hostname", "git_commit", "git_dirty", "versions", "history", "active_units",
+    "device", "hostname", "git_commit", "git_dirty", "versions", "history", "active_units", "compiled",
 }
 
 
-def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthetic_mnist, tmp_path):
+def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthetic_mnist, tmp_path, device):
     cfg = compose_config(f"data.root={synthetic_mnist}", "model=lvae", "layers=3", *SMALL, "train.epochs=3",
                          "train.batch_size=32", "warmup_epochs=2", "eval.iw_samples=64", "eval.train_subset=40",
-                         "eval.memory_budget_mb=1", "device=cpu", "train.progress=false")
+                         "eval.memory_budget_mb=1", f"device={device.type}", "train.progress=false")
     run_dir = tmp_path / "run"
     returned = run(cfg, run_dir)
 
@@ -58,15 +58,17 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     assert test_elbo["mean"] <= ll["mean"] < 0, "the K=64 bound is at least the ELBO (up to noise)"
     assert len(metrics["kl_per_layer"]) == 3 and all(k >= 0 for k in metrics["kl_per_layer"])
     assert [h["kl_weight"] for h in metrics["history"]][-1] == 1.0
-    assert set(metrics["versions"]) >= {"torch", "python", "lvae"} and metrics["device"].startswith("cpu")
+    assert set(metrics["versions"]) >= {"torch", "python", "lvae"} and metrics["device"].startswith(device.type)
+    on_cuda = device.type == "cuda"  # `auto` compiles on CUDA; a short run on the CPU stays eager
+    assert metrics["compiled"] == {"train_epochs": 3 if on_cuda else 0, "evaluation": on_cuda}
 
     assert (run_dir / "config.yaml").read_text().count("layers: 3") == 1
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
     assert checkpoint["training"]["epoch"] == 3 and checkpoint["config"]["layers"] == 3
-    model = build_model(cfg, 784)
+    model = build_model(cfg, 784).to(device)
     model.load_state_dict(checkpoint["model"])
     # The checkpoint alone reproduces the estimate (batch-norm statistics included).
-    data = load_mnist(cfg.data, torch.device("cpu"))
+    data = load_mnist(cfg.data, device)
     reloaded = iw_log_likelihood(model, data.test, 64, memory_budget_mb=1).mean().item()
     assert abs(reloaded - ll["mean"]) < 3 * ll["stderr"]
 
