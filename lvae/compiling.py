@@ -7,7 +7,8 @@ instead of hundreds of launches from Python; on the CPU, inductor's C++ backend.
 
 Shapes stay static: training runs full batches (a last partial batch is dropped) and
 evaluation chunks have fixed shapes, so a run compiles each function a few times at
-the start and never again (scripts/bench.py counts the compilations).
+the start and never again (scripts/bench.py times its steps under
+torch.compiler.set_stance("fail_on_recompile"), which turns a recompilation into an error).
 """
 
 from __future__ import annotations

@@ -278,8 +278,8 @@ def resolve_device(name: str) -> torch.device:
 # Keys that change how a run is run or reported, not what it computes: a resumed run
 # may change them. Everything else defines the run (train.epochs may grow: training
 # then continues from the last checkpoint).
-NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.compile", "train.epochs", "eval", "device", "allow_tf32",
-                    "resume", "data.root", "data.download", "budget_name")
+NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.compile", "train.epochs", "eval", "device",
+                    "allow_tf32", "resume", "data.root", "data.download", "budget_name")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

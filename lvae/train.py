@@ -213,8 +213,12 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
     device = data.train.device
     compile_step = use_compile(tc.compile, device, (tc.epochs - state.epoch) * n_batches, CPU_MIN_TRAIN_STEPS)
     forward, clip = training_forward(model, tc.iw_samples, tc.mc_samples), gradient_clipping(model, tc)
-    if compile_step:  # on the CPU the clipping is a Python loop over ~120 tensors unless compiled
-        forward, clip = compiled(forward, device), compiled(clip, device)
+    if compile_step:
+        forward = compiled(forward, device)
+        if device.type == "cpu":  # a Python loop over ~120 tensors there; CUDA's eager clipping is a few kernels
+            clip = compiled(clip, device)
+    # CUDA graphs (compiled on CUDA) reuse their output memory: each step tells them where it begins.
+    graph_steps = compile_step and device.type == "cuda"
     epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
                   initial=state.epoch, total=tc.epochs, disable=not tc.progress)
     for epoch in epochs:
@@ -230,6 +234,8 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
             x = data.train_batch(state.order, state.next_batch, tc.batch_size)
             # A tensor filled on the device: neither a copy from the host nor a recompilation per value.
             kl_weight = torch.full((), kl_warmup_weight(state.step, n_batches, cfg.warmup_epochs), device=device)
+            if graph_steps:
+                torch.compiler.cudagraph_mark_step_begin()
             loss, batch_sums = forward(x, kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

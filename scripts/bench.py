@@ -294,7 +294,8 @@ def main() -> None:
               f"{eager['model_flops'] / rate:.0%} | {fast['model_flops'] / rate:.0%} "
               f"of matmul on the same shapes ({rate / 1e9:.1f} GFLOP/s)  "
               f"compile {fast['first_call_s'] - eager['first_call_s']:.0f} s")
-    print("  (no recompilation after warm-up: the timed steps ran under torch.compiler.set_stance('fail_on_recompile'))")
+    print("  (no recompilation after warm-up: the timed steps ran under "
+          "torch.compiler.set_stance('fail_on_recompile'))")
 
     print(f"\nEvaluation, K=5000, {args.eval_images} images, memory budget {args.memory_budget_mb} MB, "
           "eager | compiled:")

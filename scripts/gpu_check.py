@@ -113,14 +113,13 @@ def markdown(summary: dict) -> str:
              f"- Tests (`{t['command']}`): {'passed' if t['passed'] else 'FAILED'}, {t['tests']} run, "
              f"{t['failures'] + t['errors']} failed, {t['skipped']} skipped ({t['seconds']:.0f} s)", "",
              "| | eager | compiled | speed-up | compile time (s) |", "|---|---|---|---|---|"]
-    for name, r in summary["training"].items():
-        lines.append(f"| training {name}, ms/step | {r['eager']['ms_per_step']:.2f} | "
-                     f"{r['compiled']['ms_per_step']:.2f} | x{r['eager']['ms_per_step'] / r['compiled']['ms_per_step']:.2f}"
-                     f" | {r['compiled']['first_call_s'] - r['eager']['first_call_s']:.0f} |")
-    for name, r in summary["evaluation"].items():
-        lines.append(f"| evaluation {name} K=5000, (image x sample)/s | {r['eager']['pairs_per_s']:.0f} | "
-                     f"{r['compiled']['pairs_per_s']:.0f} | x{r['compiled']['pairs_per_s'] / r['eager']['pairs_per_s']:.2f}"
-                     f" | {r['compiled']['first_call_s'] - r['eager']['first_call_s']:.0f} |")
+    for what, unit, key in (("training", "ms/step", "ms_per_step"),
+                            ("evaluation", "K=5000, (image x sample)/s", "pairs_per_s")):
+        for name, r in summary[what].items():
+            eager, fast = r["eager"][key], r["compiled"][key]
+            speed_up = eager / fast if key == "ms_per_step" else fast / eager
+            compile_s = r["compiled"]["first_call_s"] - r["eager"]["first_call_s"]
+            lines.append(f"| {what} {name}, {unit} | {eager:.2f} | {fast:.2f} | x{speed_up:.2f} | {compile_s:.0f} |")
     peak = max(r[mode]["peak_bytes"] for r in summary["evaluation"].values() for mode in ("eager", "compiled"))
     lines += ["", f"- Peak memory of an evaluation: {peak / 2**20:.0f} MB",
               f"- A paper run ({p['model']}, {'compiled' if p['compiled'] else 'eager'}): {p['epoch_s']:.2f} s "
