@@ -138,6 +138,12 @@ def config_to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
+def schema_defaults() -> dict:
+    """Every key of the schema with its default, as plain values ("???" where there is none): what a
+    key that a stored config lacks (added to the schema later) had in that run."""
+    return config_to_dict(OmegaConf.structured(Config))
+
+
 def run_dir_name(override_dirname: str) -> str:
     """Run directories are named by their command-line overrides (`defaults` when none),
     so that the same command finds the same directory again and resumes it."""
@@ -260,7 +266,7 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                 found += unknown(value, schema[key], f"{prefix}{key}.")
         return found
 
-    schema = config_to_dict(OmegaConf.structured(Config))
+    schema = schema_defaults()
     for key, close in unknown(config_to_dict(cfg), schema):
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"{key} is not a setting of lvae, so +{key}=... would be ignored: remove it{hint}.")
@@ -304,7 +310,6 @@ def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    defaults = config_to_dict(OmegaConf.structured(Config))
-    old, new = {**run_defining_values(defaults), **run_defining_values(stored)}, run_defining_values(cfg)
+    old, new = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}, run_defining_values(cfg)
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]

@@ -56,7 +56,7 @@ from .checkpoint import (
     write_text,
 )
 from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from .config import ConfigError, EvalConfig, config_to_dict, resolve_device, run_differences, validate
+from .config import ConfigError, config_to_dict, resolve_device, run_differences, schema_defaults, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
@@ -312,7 +312,7 @@ def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
 def _evaluation_settings(stored_eval: dict) -> dict:
     """eval.* of a config as a finished run's numbers depend on it: a key that a stored config lacks
     (added to the schema later) has its default; compiled or not is how, not what, it computes."""
-    settings = {**config_to_dict(OmegaConf.structured(EvalConfig)), **stored_eval}
+    settings = {**schema_defaults()["eval"], **stored_eval}
     settings.pop("compile")
     return settings
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import bench  # noqa: E402
 from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
-from lvae.config import resolve_device  # noqa: E402
+from lvae.config import DEVICES, resolve_device  # noqa: E402
 from lvae.evaluate import float32_matmuls  # noqa: E402
 from lvae.provenance import describe_device, provenance  # noqa: E402
 
@@ -135,7 +135,7 @@ def markdown(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--tiny", action="store_true", help="small models and few steps (CI, on the CPU)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu-check")
     parser.add_argument("--worker", nargs=3, metavar=("BARRIER", "N", "STEPS"), help=argparse.SUPPRESS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from omegaconf import OmegaConf
 
 from ..config import PAPER_BUDGET

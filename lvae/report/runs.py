@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import Config, config_to_dict, run_defining_values
+from ..config import run_defining_values, schema_defaults
 from ..provenance import NUMERICS_MODULES, code_fingerprint, fingerprint_of
 from ..stored_run import read_config
 from ..sweep import Job, jobs_of_sweep_dir
@@ -68,7 +68,7 @@ def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -
     """What a run computes, as flat key -> value: from its config, else from its metrics.json."""
     if config is not None:
         # A key added to the schema after the run was configured had its default value in that run.
-        tree = OmegaConf.merge(config_to_dict(OmegaConf.structured(Config)), config)
+        tree = OmegaConf.merge(schema_defaults(), config)
         setting = {key: value for key, value in run_defining_values(tree).items() if value != MISSING}
         for key in (*BUDGET_KEYS, "budget_name"):
             if OmegaConf.select(tree, key, default=MISSING) is not MISSING:
