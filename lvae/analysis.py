@@ -13,6 +13,7 @@ or leaves figures open inside a training process.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ from matplotlib.ticker import FuncFormatter
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
-from .data import ImageData
 from .evaluate import per_image
 from .models import HierarchicalVAE, StochasticLayer
 
@@ -73,27 +73,28 @@ class ActiveUnits:
 
 
 def per_layer_per_image(model: HierarchicalVAE, images: torch.Tensor, n_samples: int, memory_budget_mb: float,
-                        statistic: Callable[[StochasticLayer], torch.Tensor]) -> list[torch.Tensor]:
+                        statistic: Callable[[StochasticLayer], torch.Tensor], **noise) -> list[torch.Tensor]:
     """statistic(layer) -> (B, d_i) for every layer of the traces of all images: one (N, d_i) per layer, on the CPU.
 
     The traces come from `lvae.evaluate.per_image` (eval mode, no gradients, image
-    chunks sized by the memory budget), with n_samples samples per image.
+    chunks sized by the memory budget), with n_samples samples per image; `noise`: the
+    images' `indices` in their set and the `seed` that choose their noise (see per_image).
     """
     def all_layers(trace) -> torch.Tensor:  # (sum_i d_i, B): per_image joins chunks on the last axis
         return torch.cat([statistic(layer) for layer in trace.layers], dim=-1).T
 
-    values = per_image(model, images, n_samples, memory_budget_mb, all_layers)
+    values = per_image(model, images, n_samples, memory_budget_mb, all_layers, stream="analysis", **noise)
     return [v.cpu() for v in values.T.split(model.latent_sizes, dim=-1)]
 
 
 def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float,
-                 n_samples: int = 1) -> ActiveUnits:
+                 n_samples: int = 1, **noise) -> ActiveUnits:
     """Per-unit activity of every layer on `images`, by both criteria of docs/method.md, section 5.
 
     KL criterion (the paper): the unit's KL term E_q[log q(z_u|.) - log p(z_u|z_{i+1})],
-    estimated without bias by `StochasticLayer.kl_term_per_unit` (analytic for top-down
-    inference, analytic entropy and sampled cross-entropy for bottom-up inference),
-    averaged over the n_samples samples of each image and over the images; active when
+    estimated without bias by `StochasticLayer.kl_term_per_unit` (the analytic KL at the
+    sampled parent for top-down inference and every top layer, eq. 7; log q - log p at the
+    joint sample for the bottom-up VAE's lower layers, eq. 8), averaged over the n_samples samples of each image and over the images; active when
     > 0.01 nats. For the bottom-up VAE a lower layer's term is not a divergence of its
     own and can be negative; the terms of all layers add up to KL(q(z|x) || p(z)).
 
@@ -105,16 +106,17 @@ def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb:
     to the variance, so units can look more active with few samples.
     """
     kl = per_layer_per_image(model, images, n_samples, memory_budget_mb,
-                             lambda layer: layer.kl_term_per_unit().mean(0))
+                             lambda layer: layer.kl_term_per_unit().mean(0), **noise)
     posterior_means = per_layer_per_image(model, images, n_samples, memory_budget_mb,
-                                          lambda layer: layer.q_mean.mean(0))
+                                          lambda layer: layer.q_mean.mean(0), **noise)
     return ActiveUnits(kl=[values.double().mean(0) for values in kl],
                        posterior_mean_variance=[means.double().var(0) for means in posterior_means])
 
 
-def posterior_samples(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float) -> list[torch.Tensor]:
+def posterior_samples(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb: float,
+                      **noise) -> list[torch.Tensor]:
     """One sample z_i ~ q(z_i|.) per image for every layer: a (N, d_i) tensor per layer, z_1 first."""
-    return per_layer_per_image(model, images, 1, memory_budget_mb, lambda layer: layer.z[0])
+    return per_layer_per_image(model, images, 1, memory_budget_mb, lambda layer: layer.z[0], **noise)
 
 
 def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +166,15 @@ def image_grid(images: torch.Tensor, path: Path, images_per_row: int = 10, scale
     """Save flattened square images (N, D) as one PNG grid, each pixel drawn as scale x scale pixels."""
     grid = to_grid(images, images_per_row)
     save_image(grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2), path)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """torch's global generators (the CPU's and `device`'s) seeded with `seed` inside, restored after: the
+    figures' draws repeat, and the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def layer_names(n_layers: int) -> list[str]:
@@ -257,21 +268,18 @@ def plot_kl_history(history_by_run: dict[str, list[dict]], path: Path) -> None:
 
 
 @torch.no_grad()
-def log_to_tensorboard(writer: SummaryWriter, model: HierarchicalVAE, data: ImageData, step: int,
-                       memory_budget_mb: float, test_subset: int | None = None, n_images: int = 64) -> ActiveUnits:
-    """Add prior samples, reconstructions and active units per layer (both criteria) at `step`.
+def log_to_tensorboard(writer: SummaryWriter, model: HierarchicalVAE, images: torch.Tensor, active: ActiveUnits,
+                       step: int, n_images: int = 64) -> None:
+    """Add the active units per layer (both criteria), prior samples and reconstructions of `images` at `step`.
 
     Scalars `active_units_kl/z<i>` and `active_units_cov/z<i>`, images `samples` and
     `reconstructions` (n_images each; rows of test images alternate with rows of
-    their reconstructions). Puts the model in eval mode; returns the active units.
+    their reconstructions). Puts the model in eval mode; draws from torch's global generator.
     """
-    images = data.test[:test_subset]
-    result = active_units(model, images, memory_budget_mb)
-    counts = result.counts()
+    counts = active.counts()
     for criterion in ("kl", "cov"):
         for layer, count in zip(layer_names(model.num_layers), counts[criterion]):
             writer.add_scalar(f"active_units_{criterion}/{layer}", count, step)
     writer.add_image("samples", to_grid(model.generative.sample(n_images), TENSORBOARD_IMAGES_PER_ROW), step)
     rows = reconstruction_rows(model, images[:n_images // 2], TENSORBOARD_IMAGES_PER_ROW)
     writer.add_image("reconstructions", to_grid(rows, TENSORBOARD_IMAGES_PER_ROW), step)
-    return result

@@ -27,7 +27,7 @@ from .analysis import layer_names
 from .checkpoint import CheckpointError
 from .config import DEVICES, ConfigError
 from .data import DatasetError
-from .run_analysis import analyze_runs
+from .run_analysis import AnalysisSettings, analyze_runs
 from .stored_run import RunDirError
 
 
@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="run directories holding config.yaml and checkpoint.pt")
     parser.add_argument("--out", type=Path, help="output folder (default: the run directory for one run, "
                                                  "else <first run dir>/../analysis)")
-    parser.add_argument("--test-subset", type=int, metavar="N", help="the first N test images (default: all)")
+    parser.add_argument("--test-subset", type=int, metavar="N",
+                        help="N test images, the fixed random sample that evaluation uses (default: all)")
     parser.add_argument("--samples", type=int, default=1, metavar="S",
                         help="posterior samples per image for the active-unit statistics (default: 1)")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default: auto (cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior and prior samples (default: 0)")
+    parser.add_argument("--seed", type=int, help="seed of the posterior and prior samples (default: each run's "
+                                                  "own, which repeats the active units of its metrics.json)")
     args = parser.parse_args(argv)
     for option in ("test_subset", "samples"):
         value = getattr(args, option)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, not {value}")
     out_dir = args.out or default_out_dir(args.run_dirs)
     try:
-        summary = analyze_runs(args.run_dirs, out_dir, args.test_subset, args.device, args.samples, args.seed)
+        summary = analyze_runs(args.run_dirs, out_dir, AnalysisSettings(args.test_subset, args.samples),
+                               args.device, args.seed)
     except (RunDirError, CheckpointError, DatasetError, ConfigError) as error:
         print(f"lvae.analyze: error: {error}", file=sys.stderr)
         sys.exit(2)

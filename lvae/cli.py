@@ -1,14 +1,27 @@
 """Hydra entry point shared by `python train.py` and the `lvae-train` console script.
 
-Exit codes: 0 done (or already complete), 2 bad input (config, data, checkpoint, an
-unusable output directory, a full disk), 3 a non-finite loss, 75 the run directory is
-in use by another process, 128 + N stopped by signal N.
+Exit codes (docs/reliability.md):
+    0    done (or already complete)
+    2    bad input: a key or value that lvae refuses (also Hydra's own refusals of the command line,
+         see `check_command_line`), missing or damaged data, a checkpoint or run record that does not
+         fit, an unusable output directory, a failed write (a full disk)
+    3    the run diverged: a non-finite loss or gradient, or a bound far below that of an untrained model
+    75   the run directory is in use by another process (EX_TEMPFAIL: try again later)
+    128 + N  stopped by signal N (a checkpoint is written when it came during training)
+Anything else (Hydra's exit 1 for a command line it reads itself, such as `--cfg job` with a bad
+override; a crash) is not one of lvae's answers.
 
-The record of a run's launch (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) is
-written by `lvae.train.run` once the run holds its directory and is accepted, not by
-Hydra before the task starts (configs/config.yaml sets `hydra.output_subdir: null`): a
-launch that is refused (another process holds the run, or its config does not match the
-checkpoint) leaves the record of the run as it was.
+Before Hydra starts, `check_command_line` composes the config of every job of the command (one
+run, or each job of a sweep) and checks it: a key that lvae does not have, a value Hydra or
+lvae refuses, or a sweep preset run without `-m` ends in one message, exit 2, before anything is
+written or any job starts.
+
+A launch that is refused after that (another process holds the run, the config does not fit the
+record there, no data) writes nothing into the run folder and leaves no new folder: the run's
+log (train.log) is written only once the run is accepted (lvae.checkpoint.RunLogFile), and
+the record of its launch (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) is written by
+`lvae.train.run` then too, not by Hydra before the task starts (configs/config.yaml sets
+`hydra.output_subdir: null`).
 """
 
 from __future__ import annotations
@@ -17,52 +30,73 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoint import CheckpointError, RunDirBusy
+from .checkpoint import CheckpointError, RunDirBusy, folders_to_create, remove_empty_folders
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
-from .config import CONFIG_DIR, ConfigError  # importing lvae.config registers the schema
+from .config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
 from .data import DatasetError
+from .sweep import sweep_jobs
 from .train import RunFailed, RunInterrupted, run
 
 log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_BUSY = 2, 3, 75  # 75 = EX_TEMPFAIL: try again later
 
+# The folders that Hydra is about to create for this run (OutputDirCheck): a refused launch removes them.
+_new_run_folders: list[Path] = []
+
+
+def train() -> None:
+    """`python train.py [-m] OVERRIDE...`: check every job's config, then let Hydra run them."""
+    check_command_line(sys.argv[1:])
+    _train()
+
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float:
     """Train and evaluate one run; returns the test log-likelihood (for sweepers).
 
     Expected failures end with one clear message. A single run exits non-zero at
-    once; in a sweep the error is raised, so Hydra runs the other jobs and reports
-    the failed one at the end.
+    once; in a sweep the error is raised, so that Hydra reports the failed job.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(cfg.resume) if cfg.resume else Path(hydra_cfg.runtime.output_dir)
     if cfg.resume and not (run_dir / "checkpoint.pt").exists():
-        log.error("resume=%s: no checkpoint.pt in that directory.", cfg.resume)
-        sys.exit(EXIT_BAD_INPUT)
+        _refuse(f"resume={cfg.resume}: no checkpoint.pt in that directory.", EXIT_BAD_INPUT)
     try:
         metrics = run(cfg, run_dir, _launch_record(cfg))
     except RunInterrupted as stop:
         log.warning("%s in %s; run the same command again to resume.", stop, run_dir)
         sys.exit(128 + stop.signum)
     except (ConfigError, DatasetError, CheckpointError, RunFailed, RunDirBusy, OSError) as error:
-        message = f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error)
-        log.error("%s", message)
+        message = (f"could not write {error.filename}: {error.strerror}" if isinstance(error, OSError)
+                   and error.filename else str(error))
         if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error("%s", message)
             raise
-        sys.exit(EXIT_DIVERGED if isinstance(error, RunFailed) else EXIT_BUSY if isinstance(error, RunDirBusy)
-                 else EXIT_BAD_INPUT)
+        _refuse(message, EXIT_DIVERGED if isinstance(error, RunFailed) else EXIT_BUSY
+                if isinstance(error, RunDirBusy) else EXIT_BAD_INPUT)
     return metrics["test_log_likelihood"]["mean"]
+
+
+def _refuse(message: str, code: int) -> None:
+    """End a single run with one message; a folder that Hydra created for it and that is still empty
+    (the run was refused before writing) goes again."""
+    log.error("%s", message)
+    remove_empty_folders(_new_run_folders)
+    sys.exit(code)
 
 
 def _launch_record(cfg: DictConfig) -> dict[str, str]:
@@ -70,6 +104,83 @@ def _launch_record(cfg: DictConfig) -> dict[str, str]:
     hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
     return {".hydra/config.yaml": OmegaConf.to_yaml(cfg), ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
             ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+
+
+# Hydra's command-line flags that check_command_line leaves to Hydra (help, --cfg, another config, ...):
+# everything but -m/--multirun and overrides.
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Compose and check the config of every job that `train.py <args>` would run; on the first
+    refusal print one message and exit with EXIT_BAD_INPUT, before Hydra writes or runs anything.
+
+    Checked: each override names a setting or config group of lvae (`lyers=5` ->
+    "lyers is not a setting of lvae (did you mean layers?)"), Hydra composes each job (types,
+    choices, the override syntax), `lvae.config.validate` accepts it, and the device exists;
+    a preset that is a sweep (`experiment=fig3`) needs -m. A command line with Hydra flags
+    other than -m is left to Hydra as it is.
+    """
+    if any(arg.startswith("-") and arg not in _MULTIRUN_FLAGS for arg in args):
+        return
+    multirun = any(arg in _MULTIRUN_FLAGS for arg in args)
+    overrides = [arg for arg in args if arg not in _MULTIRUN_FLAGS]
+    try:
+        for override in OverridesParser.create().parse_overrides(overrides):
+            check_setting_name(override.key_or_group)
+        task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+        hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+        jobs = ([(job.overrides, job.config) for job in sweep_jobs(task, hydra_overrides)] if multirun
+                else [(task, _single_run_config(task, hydra_overrides))])
+        shared = set.intersection(*(set(job_overrides) for job_overrides, _ in jobs))
+        for job_overrides, cfg in jobs:
+            try:
+                validate(cfg)
+                resolve_device(cfg.device)
+            except ConfigError as error:
+                job = " ".join(o for o in job_overrides if o not in shared)
+                where = f"the sweep's job {job}: " if len(jobs) > 1 else ""
+                raise ConfigError(f"{where}{error}"
+                                  f"{' No job was started.' if multirun else ''}") from None
+    except ConfigError as error:
+        _exit_before_hydra(str(error))
+    except (HydraException, OmegaConfBaseException) as error:
+        _exit_before_hydra(_hydra_message(error))
+
+
+def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfig:
+    """The config of `train.py <task> <hydra_overrides>` without -m; refuses a preset that is a sweep."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="train"):
+        cfg = compose("config", overrides=[*task, *hydra_overrides], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    if params:
+        sweep = " ".join(f"{key}={value}" for key, value in params.items())
+        raise ConfigError(f"this command is a sweep (its preset sets {sweep}): add -m to run its jobs "
+                          "(python train.py -m ...); without -m it would run one arbitrary job of it.")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def _hydra_message(error: BaseException) -> str:
+    """Hydra's refusal in one message: its text without the config search path, with the reason
+    (OmegaConf's first line) that it wraps."""
+    lines = []
+    for line in str(error).splitlines():
+        if line.startswith("Config search path"):
+            break
+        if line.strip() and not line.startswith("To append to your config"):
+            lines.append(line.strip())
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        lines[-1:] = [f"{lines[-1] if lines else ''}: {str(cause).strip().splitlines()[0]}"]
+    return " ".join(lines)
+
+
+def _exit_before_hydra(message: str) -> None:
+    # Hydra's logging is not set up yet, and nothing has been written.
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def unusable_directory(path: Path) -> Optional[str]:
@@ -84,10 +195,12 @@ def unusable_directory(path: Path) -> Optional[str]:
 
 class OutputDirCheck(Callback):
     """Checks the output directory before Hydra creates it (configs/config.yaml lists this callback), so
-    that a path under a regular file or in a read-only folder ends in one message, not Hydra's traceback."""
+    that a path under a regular file or in a read-only folder ends in one message, not Hydra's traceback;
+    and notes which folders Hydra is about to create, so that a refused run removes them again."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        _new_run_folders[:] = folders_to_create(Path(config.hydra.run.dir).absolute())
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")

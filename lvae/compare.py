@@ -3,8 +3,10 @@
     python -m lvae.compare --a VAE_RUN [VAE_RUN ...] --b LVAE_RUN [LVAE_RUN ...] [--images N]
 
 Runs of a and b are paired by seed. Every run stores the estimate of each test image
-(per_image.pt), and all runs of one dataset score the same test images (binarized once
-with data.binarization_seed), so a pair's difference b - a is taken image by image: its
+(per_image.pt) with the image's index in the test set, and all runs of one dataset score the
+same test images (binarized once with data.binarization_seed; a subset is the first N of one
+fixed random order), so a pair's difference b - a is taken image by image, on the images both
+runs scored, and runs that scored other images are refused. Its
 standard error is that of the per-image differences, far smaller than either run's own
 standard error, which is dominated by how much the images differ from one another.
 Over seeds, the table gives the mean and standard deviation of each quantity.
@@ -13,13 +15,14 @@ Over seeds, the table gives the mean and standard deviation of each quantity.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .run_record import PER_IMAGE_FILE, is_complete, read_per_image, read_record, status_of
 
 
 @dataclass
@@ -28,16 +31,29 @@ class RunEstimates:
     seed: int
     label: str
     per_image: dict[str, torch.Tensor]  # quantity -> (N,) float64
+    indices: torch.Tensor  # (N,) each value's image: its index in the whole test set
+    indices_assumed: bool = False  # per_image.pt predates the indices: taken as the first N test images
 
 
 def read_estimates(path: Path) -> RunEstimates:
-    metrics = json.loads((path / "metrics.json").read_text())
-    if metrics.get("status") != "completed":
-        raise ValueError(f"{path} is not a completed run (status {metrics.get('status')!r})")
-    if not (path / "per_image.pt").exists():
-        raise ValueError(f"{path} has no per_image.pt (runs record it since the per-image estimates were added)")
-    per_image = torch.load(path / "per_image.pt", weights_only=True)
-    return RunEstimates(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image)
+    metrics = read_record(path)
+    if not is_complete(metrics):
+        raise ValueError(f"{path} is not a completed run (status {status_of(metrics)})")
+    per_image = read_per_image(path)
+    if per_image is None:
+        raise ValueError(f"{path} has no {PER_IMAGE_FILE} (runs record it since the per-image estimates were added)")
+    indices = per_image.pop("test_indices", None)
+    assumed = indices is None  # written when a subset was the first N test images
+    if assumed:
+        indices = torch.arange(len(per_image["test_log_likelihood"]))
+    return RunEstimates(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image,
+                        indices, assumed)
+
+
+def _describe_indices(run: RunEstimates) -> str:
+    return ("its per_image.pt has no test-image indices (written before test subsets were a random sample), "
+            "so it is taken to hold the first test images in file order" if run.indices_assumed
+            else "its test images are the first ones of the fixed random order (eval.test_subset)")
 
 
 @dataclass
@@ -53,7 +69,14 @@ class Paired:
 
 
 def paired(a: RunEstimates, b: RunEstimates, quantity: str, images: int | None = None) -> Paired:
+    """b - a on the first `images` (default: all) of the test images that both runs scored; ValueError
+    when the runs scored other images (a comparison of different images is no paired one)."""
     n = min(len(a.per_image[quantity]), len(b.per_image[quantity]), images or math.inf)
+    if not torch.equal(a.indices[:n], b.indices[:n]):
+        raise ValueError(f"{a.path} and {b.path} did not score the same test images, so they cannot be paired "
+                         f"image by image. {a.path}: {_describe_indices(a)}; {b.path}: {_describe_indices(b)}. "
+                         "Evaluate both runs with this code (run the same command again after deleting "
+                         "metrics.json: it re-evaluates the final checkpoint) before comparing them.")
     values_a, values_b = a.per_image[quantity][:n], b.per_image[quantity][:n]
     difference = values_b - values_a
     stderr = difference.std().item() / math.sqrt(n) if n > 1 else math.nan
@@ -68,6 +91,12 @@ def pair_by_seed(runs_a: list[RunEstimates], runs_b: list[RunEstimates]) -> list
     return pairs
 
 
+def _origin(pairs: list[tuple[RunEstimates, RunEstimates]]) -> str:
+    if any(run.indices_assumed for pair in pairs for run in pair):
+        return "; per_image.pt without test-image indices: taken as the first test images in file order"
+    return ""
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -80,7 +109,8 @@ def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int
     for quantity in ("test_log_likelihood", "test_elbo"):
         results = [paired(a, b, quantity, images) for a, b in pairs]
         a_label, b_label = pairs[0][0].label, pairs[0][1].label
-        lines += [f"{quantity} (nats, first {min(r.images for r in results)} test images)", "",
+        lines += [f"{quantity} (nats, on the {min(r.images for r in results)} test images every pair scored"
+                  f"{_origin(pairs)})", "",
                   f"| seed | {a_label} | {b_label} | {b_label} - {a_label} (paired, ± s.e.) |", "|---|---|---|---|"]
         lines += [f"| {r.seed} | {r.mean_a:.2f} | {r.mean_b:.2f} | {r.difference:+.2f} ± {r.difference_stderr:.2f} |"
                   for r in results]
@@ -93,13 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lvae.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="run directories of the first model")
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="run directories of the second model")
-    parser.add_argument("--images", type=int, help="compare on the first N test images (default: all shared)")
+    parser.add_argument("--images", type=int, help="compare on the first N test images that both runs scored "
+                                                    "(default: all of them)")
     args = parser.parse_args(argv)
     try:
         pairs = pair_by_seed([read_estimates(p) for p in args.a], [read_estimates(p) for p in args.b])
+        table = comparison_table(pairs, args.images)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{error}\n")
-    print(comparison_table(pairs, args.images))
+    print(table)
 
 
 if __name__ == "__main__":

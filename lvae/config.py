@@ -17,7 +17,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .data import BINARY, GREY_LEVELS
+from .data import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from .data import DATASETS as DATASET_REGISTRY
 
 
@@ -84,6 +84,9 @@ class DataConfig:
     dequantize: bool = False  # x = (pixel + u) / 256, u ~ U(0,1) fresh each batch: continuous data, bits/dim
     merge_valid: bool = False  # binarized_mnist: train on train+valid (60,000) instead of train (50,000)
     train_subset: Optional[int] = PAPER_BUDGET.data.train_subset  # first N training images (None = all)
+    # 8-bit grey level / intensity_scale = the Bernoulli probability: 255 (torchvision, Burda et al.) or 256 (the
+    # LVAE authors' data, where a fully-on pixel is 0.996); dequantized pixels are (pixel + u) / 256 either way.
+    intensity_scale: int = INTENSITY_SCALES[0]
 
 
 @dataclass
@@ -106,7 +109,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     iw_samples: int = PAPER_BUDGET.eval.iw_samples
-    test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset  # first N test images (None = all 10,000)
+    # N test images, the first N of one fixed random order (lvae/data.py, fixed_permutation); None = all of them
+    test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset
     train_subset: int = PAPER_BUDGET.eval.train_subset  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
@@ -150,10 +154,15 @@ def run_dir_name(override_dirname: str) -> str:
     return override_dirname or "defaults"
 
 
-# Keys that never name a run folder (Hydra's override_dirname.exclude_keys): how a run is run or where its
-# data lies, not what it computes. configs/config.yaml and configs/layout/preset.yaml read this one list.
-RUN_FOLDER_IGNORES = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
-                      "eval.compile", "data.root", "data.download")
+# A run's identity, written once. HOW_IT_RUNS: the keys that change how a run is run or where its data
+# lies, not what it computes. They never name a run folder (Hydra's override_dirname.exclude_keys, read
+# by configs/config.yaml and configs/layout/preset.yaml), a resumed run may change them, and they are
+# not a finished run's settings. A run may also continue with CONTINUABLE changed: more epochs (training
+# continues from the last checkpoint), another evaluation (redone), another budget name.
+HOW_IT_RUNS = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
+               "eval.compile", "data.root", "data.download")
+CONTINUABLE = ("train.epochs", "eval", "budget_name")
+RUN_FOLDER_IGNORES = HOW_IT_RUNS
 
 
 def run_folder_ignores(*extra: str) -> list[str]:
@@ -205,6 +214,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.mlp_depth": (lambda v: v >= 0, "an integer >= 0"),
     "model.min_variance": (_positive, "a number > 0"),
     "data.train_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
+    "data.intensity_scale": (lambda v: v in INTENSITY_SCALES,
+                             " or ".join(map(str, INTENSITY_SCALES)) + " (grey level / scale = probability)"),
     "warmup_epochs": (lambda v: v >= 0, "an integer >= 0 (0 = no warm-up)"),
     "train.epochs": (lambda v: v >= 0, "an integer >= 0"),
     "train.batch_size": (_positive, "an integer > 0"),
@@ -218,7 +229,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.mc_samples": (_positive, "an integer > 0"),
     "train.checkpoint_every": (_positive, "an integer > 0"),
     "eval.iw_samples": (_positive, "an integer > 0"),
-    "eval.test_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
+    "eval.test_subset": (lambda v: v is None or v > 0,
+                         "null (all) or an integer > 0, at most the test set's size (checked once it is loaded)"),
     "eval.train_subset": (_positive, "an integer > 0"),
     "eval.memory_budget_mb": (_positive, "an integer > 0"),
 }
@@ -244,6 +256,11 @@ def validate(cfg: DictConfig) -> None:
             "likelihood=bernoulli needs binary data: set data.binarize=true, "
             "or likelihood=gaussian for continuous pixels."
         )
+    if cfg.data.intensity_scale != INTENSITY_SCALES[0] and (cfg.data.dequantize
+                                                            or cfg.data.name not in GREY_LEVEL_DATASETS):
+        raise ConfigError(f"data.intensity_scale={cfg.data.intensity_scale} changes nothing here: it scales 8-bit "
+                          f"grey levels that are not dequantized (data={', '.join(GREY_LEVEL_DATASETS)} with "
+                          f"data.dequantize=false); data={cfg.data.name}, data.dequantize={cfg.data.dequantize}.")
     if cfg.data.dequantize and (cfg.data.binarize or cfg.data.name not in GREY_LEVEL_DATASETS):
         raise ConfigError(f"data.dequantize=true is for 256-level pixels: it needs data.binarize=false and "
                           f"one of data={', '.join(GREY_LEVEL_DATASETS)} (data={cfg.data.name}).")
@@ -253,6 +270,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.likelihood == "gaussian" and binary_data:  # a density on {0, 1} grows without bound
         raise ConfigError("likelihood=gaussian needs continuous pixels, not binary data: use likelihood=gaussian "
                           "data.binarize=false data.dequantize=true, or likelihood=bernoulli for binary data.")
+    # Training batches hold train.batch_size images, or the whole training set when it is smaller (the
+    # incomplete last batch is dropped: lvae.data.ImageData.batches_per_epoch).
+    images_per_batch = min(cfg.train.batch_size, cfg.data.train_subset or cfg.train.batch_size)
+    if cfg.batch_norm and images_per_batch < 2:
+        key = "train.batch_size" if cfg.train.batch_size < 2 else "data.train_subset"
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} gives batches of one image, and batch norm "
+                          "normalises over the images of a batch: it needs at least 2. Use "
+                          f"{key}=2 or more, or batch_norm=false.")
 
 
 def _refuse_unknown_keys(cfg: DictConfig) -> None:
@@ -266,10 +291,32 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                 found += unknown(value, schema[key], f"{prefix}{key}.")
         return found
 
-    schema = schema_defaults()
-    for key, close in unknown(config_to_dict(cfg), schema):
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{key} is not a setting of lvae, so +{key}=... would be ignored: remove it{hint}.")
+    for key, close in unknown(config_to_dict(cfg), schema_defaults()):
+        raise ConfigError(not_a_setting(key, close))
+
+
+def not_a_setting(key: str, close: list[str]) -> str:
+    """The message for a key that lvae does not have, with the closest one that it has."""
+    hint = f" (did you mean {close[0]}?)" if close else ": `python train.py --cfg job` lists the settings"
+    return f"{key} is not a setting of lvae{hint}."
+
+
+def setting_names() -> list[str]:
+    """Every key that a command-line override may name: the schema's keys at every level
+    (`train`, `train.lr`) and the config groups of configs/ (`experiment`, `budget`, ...)."""
+    names = set(_flatten(schema_defaults()))
+    names |= {".".join(name.split(".")[:depth]) for name in list(names) for depth in range(1, name.count(".") + 1)}
+    groups = Path(CONFIG_DIR)
+    names |= {str(folder.relative_to(groups)) for folder in groups.rglob("*") if folder.is_dir()}
+    return sorted(names)
+
+
+def check_setting_name(key: str) -> None:
+    """Raise ConfigError when `key` (a command-line override's key or config group) is not one of lvae's."""
+    if key.startswith("hydra") or key in setting_names():
+        return
+    names = setting_names()
+    raise ConfigError(not_a_setting(key, difflib.get_close_matches(key, names, n=1)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -281,11 +328,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Keys that change how a run is run or reported, not what it computes: a resumed run
-# may change them. Everything else defines the run (train.epochs may grow: training
-# then continues from the last checkpoint).
-NOT_RUN_DEFINING = ("train.progress", "train.checkpoint_every", "train.compile", "train.epochs", "eval", "device",
-                    "allow_tf32", "resume", "data.root", "data.download", "budget_name")
+# Everything else defines the run: a checkpoint resumes only with the same values.
+NOT_RUN_DEFINING = (*HOW_IT_RUNS, *CONTINUABLE)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -313,3 +357,13 @@ def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     old, new = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}, run_defining_values(cfg)
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def evaluation_settings(eval_tree: dict) -> dict:
+    """eval.* as a finished run's numbers depend on it: a key that a stored config lacks (added to the
+    schema later) has its default; the keys of HOW_IT_RUNS are left out."""
+    settings = {**schema_defaults()["eval"], **eval_tree}
+    for key in HOW_IT_RUNS:
+        if key.startswith("eval."):
+            settings.pop(key.removeprefix("eval."), None)
+    return settings

@@ -23,7 +23,8 @@ says where each comes from and how to place it offline). A loader checks what it
 How stored pixels become the model's x (`data.binarize`, `data.dequantize`):
 
     dynamic binarization   x ~ Bernoulli(intensity), fresh for every training batch (intensity =
-                           pixel / 255 for 8-bit grey levels)
+                           pixel / data.intensity_scale for 8-bit grey levels: 255, as torchvision and
+                           Burda et al., or 256, as the LVAE authors' data, where a fully-on pixel is 0.996)
     dequantization         x = (pixel + u) / 256, u ~ U(0, 1)^D fresh for every training batch: a
                            density on [0, 1]^D; `bits_per_dim` turns its log-density into bits per
                            dimension of the 256-level pixels (8-bit grey levels only)
@@ -34,6 +35,7 @@ How stored pixels become the model's x (`data.binarize`, `data.dequantize`):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -55,6 +57,27 @@ DATA_ROOT_ENV = "LVAE_DATA_ROOT"
 IMAGE_SIZE = 28  # MNIST, Fashion-MNIST, binarized MNIST and OMNIGLOT
 DEQUANTIZATION_SCALE = 256  # x = (pixel + u) / 256 maps the 256 grey levels onto [0, 1)
 ORDER_SEED = 0  # the fixed shuffle of datasets whose files are sorted (see _fixed_order)
+# The key of the one fixed random order from which every evaluation subset is taken (eval.test_subset, the
+# training-set bound's eval.train_subset): see fixed_permutation. A constant, independent of every setting of a
+# run (its seed, model, K, device), so that every run scores the same images.
+SUBSET_ORDER_KEY = b"lvae-subset-order-1"
+INTENSITY_SCALES = (255, 256)  # data.intensity_scale: grey level / scale = Bernoulli probability (docs/datasets.md)
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_order(n: int) -> tuple[int, ...]:
+    keys = [hashlib.blake2b(i.to_bytes(8, "little"), digest_size=8, key=SUBSET_ORDER_KEY).digest() for i in range(n)]
+    return tuple(sorted(range(n), key=keys.__getitem__))
+
+
+def fixed_permutation(n: int) -> torch.Tensor:
+    """0..n-1 ordered by a keyed hash (BLAKE2b, key SUBSET_ORDER_KEY) of each index: a fixed random order.
+
+    Its first N entries are a uniform random sample of N of the n images, and the first N of it contain
+    the first M < N. Hash-sorted rather than torch.randperm so that the order is the same on every
+    machine and with every version of torch.
+    """
+    return torch.tensor(_hash_order(n), dtype=torch.long)
 
 
 class DatasetError(RuntimeError):
@@ -63,6 +86,10 @@ class DatasetError(RuntimeError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset files are neither on disk nor downloadable."""
+
+
+class SubsetError(DatasetError, ValueError):
+    """An evaluation subset that the dataset cannot give: more images than it has."""
 
 
 class DatasetInvalidError(DatasetError):
@@ -136,10 +163,24 @@ class ImageData:
         for index in range(self.batches_per_epoch(batch_size)):
             yield self.train_batch(order, index, batch_size)
 
-    def fixed_train_subset(self, n: int, seed: int) -> torch.Tensor:
-        """The first n training images, drawn once with `seed` (for train-set bounds)."""
+    def test_subset(self, n: Optional[int]) -> torch.Tensor:
+        """Indices into the test set of eval.test_subset=n images: the first n of fixed_permutation (a fixed
+        uniform random sample, the same for every run), all of them in that order for None."""
+        size = len(self.test)
+        if n is not None and not 0 < n <= size:
+            raise SubsetError(f"eval.test_subset={n} is not allowed: the test set has {size:,} images, so "
+                              f"eval.test_subset must be an integer from 1 to {size}, or null for all of them.")
+        return fixed_permutation(size)[:n]
+
+    def train_subset_indices(self, n: int) -> torch.Tensor:
+        """Indices of the training-set bound's n images (eval.train_subset; all when n is larger): the first
+        n of fixed_permutation of the training set, as for the test set."""
+        return fixed_permutation(len(self.train))[:n]
+
+    def fixed_train_subset(self, indices: torch.Tensor, seed: int) -> torch.Tensor:
+        """The training images `indices`, drawn once with `seed` (for train-set bounds)."""
         generator = torch.Generator().manual_seed(seed)
-        return self.draw(self.train[:n].cpu(), generator).to(self.train.device)
+        return self.draw(self.train[indices.to(self.train.device)].cpu(), generator).to(self.train.device)
 
 
 def default_data_root() -> str:
@@ -156,21 +197,22 @@ def _option(cfg: DictConfig, key: str, default):
 
 
 def _root(cfg: DictConfig) -> Path:
-    return Path(cfg.root).expanduser()
+    """data.root as an absolute path: messages name the folder checked, whatever the working directory."""
+    return Path(cfg.root).expanduser().absolute()
 
 
 # How a dataset stores its pixels (Dataset.pixels): what data.binarize / data.dequantize can do with them.
-GREY_LEVELS = "grey levels"  # 8-bit, 0-255: binarize (pixel / 255), dequantize, or pixel / 255 as is
+GREY_LEVELS = "grey levels"  # 8-bit, 0-255: binarize (pixel / intensity_scale), dequantize, or pixel / scale as is
 BINARY = "binary"  # stored 0/1: used as stored
 INTENSITIES = "intensities"  # floats in [0, 1]: binarize, or as is; no dequantization (no 256 levels)
-PIXEL_SCALE = {GREY_LEVELS: 255, BINARY: 1, INTENSITIES: 1}  # stored value / scale = intensity in [0, 1]
+PIXEL_SCALE = {BINARY: 1, INTENSITIES: 1}  # stored value / scale = intensity in [0, 1]; grey levels: data.intensity_scale
 
 
 def _image_data(cfg: DictConfig, device: torch.device, train: torch.Tensor, train_labels: torch.Tensor,
                 test: torch.Tensor, test_labels: torch.Tensor) -> ImageData:
     """ImageData from (N, H, W) images stored as DATASETS[cfg.name].pixels says.
 
-    Keeps the first data.train_subset training images, scales the pixels (pixel / 255,
+    Keeps the first data.train_subset training images, scales the pixels (pixel / data.intensity_scale,
     pixel / 256 when dequantized, intensities and 0/1 as stored) and draws the test set
     once with data.binarization_seed, on the CPU so that it is the same on every device.
     Which settings fit which pixels is checked by lvae.config.validate.
@@ -179,7 +221,12 @@ def _image_data(cfg: DictConfig, device: torch.device, train: torch.Tensor, trai
         train, train_labels = train[: cfg.train_subset], train_labels[: cfg.train_subset]
     pixels = DATASETS[cfg.name].pixels
     dequantize = _option(cfg, "dequantize", False)
-    scale = DEQUANTIZATION_SCALE if dequantize else PIXEL_SCALE[pixels]
+    if dequantize:
+        scale = DEQUANTIZATION_SCALE
+    elif pixels == GREY_LEVELS:
+        scale = _option(cfg, "intensity_scale", INTENSITY_SCALES[0])
+    else:
+        scale = PIXEL_SCALE[pixels]
     train_x, test_x = (images.reshape(len(images), -1).float() / scale for images in (train, test))
     data = ImageData(train_x, train_labels, test_x, test_labels, cfg.binarize, dequantize, pixels == BINARY)
     data.test = data.draw(data.test, torch.Generator().manual_seed(cfg.binarization_seed))
@@ -675,14 +722,15 @@ class Dataset:
 
     load: Callable[[DictConfig, torch.device], ImageData]
     pixels: str
+    title: str  # as a report names it
 
 
 DATASETS = {
-    "mnist": Dataset(load_mnist, GREY_LEVELS),
-    "fashion_mnist": Dataset(load_fashion_mnist, GREY_LEVELS),
-    "binarized_mnist": Dataset(load_binarized_mnist, BINARY),
-    "omniglot": Dataset(load_omniglot, INTENSITIES),
-    "norb": Dataset(load_norb, GREY_LEVELS),
+    "mnist": Dataset(load_mnist, GREY_LEVELS, "MNIST"),
+    "fashion_mnist": Dataset(load_fashion_mnist, GREY_LEVELS, "Fashion-MNIST"),
+    "binarized_mnist": Dataset(load_binarized_mnist, BINARY, "binarized MNIST (Larochelle)"),
+    "omniglot": Dataset(load_omniglot, INTENSITIES, "OMNIGLOT"),
+    "norb": Dataset(load_norb, GREY_LEVELS, "small NORB"),
 }
 
 

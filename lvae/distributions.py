@@ -48,6 +48,11 @@ def precision_weighted_merge(
     return mean, var
 
 
-def sample_gaussian(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """Reparameterised sample mean + sigma * eps, so gradients reach mean and var."""
-    return mean + var.sqrt() * torch.randn_like(mean)
+def sample_gaussian(mean: torch.Tensor, var: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Reparameterised sample mean + sigma * eps, so gradients reach mean and var.
+
+    eps ~ N(0, I) is drawn from the global RNG, or is `noise` when given (evaluation draws it
+    per image, so that no image's sample depends on the others it is computed with).
+    """
+    eps = torch.randn_like(mean) if noise is None else noise
+    return mean + var.sqrt() * eps

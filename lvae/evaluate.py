@@ -2,30 +2,48 @@
 
 The 5000-sample estimate of log p(x) (docs/method.md, eq. 9) is computed in chunks sized by
 a memory budget: a chunk holds `images x samples` pairs, and when one image's
-samples do not fit they are split over several chunks and combined with a
-running logsumexp in float64. The per-image work (`model.encode`) runs once per
-image chunk and is reused for all of its samples.
+samples do not fit they are split over several chunks. The per-image work (`model.encode`)
+runs once per image chunk and is reused for all of its samples.
+
+No memory budget changes a number (issue 21): for a given model, seed and K the estimates are
+bitwise the same on the CPU whatever eval.memory_budget_mb is, because
+- the noise of image i is its own: eps for all its samples is drawn from a generator seeded from
+  (the run's seed, the pass, i's index in the whole test or training set), never from the global
+  RNG, so it does not depend on which images share its chunk (`image_noise`);
+- an image's samples are summed in fixed blocks of SAMPLE_BLOCK: logsumexp within each block, then
+  over the blocks, so the order of additions is the same however the samples are split;
+- a chunk holds a multiple of IMAGE_GROUP images, the last one padded with copies of an image
+  whose results are dropped: a matrix product of few rows takes another path in the BLAS (MKL
+  computes rows differently below about 8 rows, measured), and a multiple of 16 also leaves no
+  remainder that elementwise kernels would treat apart from their vectorised loop.
+On CUDA the noise is drawn on the device (another generator than the CPU's), and the kernels that
+cuBLAS chooses depend on the shapes: the numbers agree across budgets to rounding, not bitwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from .compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
 from .data import ImageData
-from .models import HierarchicalVAE
+from .models import HierarchicalVAE, Trace
 from .objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
 BYTES_PER_FLOAT = 4
+SAMPLE_BLOCK = 100  # importance samples summed together; a chunk splits an image's samples only between blocks
+IMAGE_GROUP = 16  # a chunk holds a multiple of this many images (see the module's docstring)
+# One independent noise stream per pass over an image, so that its test ELBO does not reuse its IW samples.
+NOISE_STREAMS = {"test_log_likelihood": 0, "test_elbo": 1, "train_bound": 2, "analysis": 3}
 
 
 @contextlib.contextmanager
@@ -87,37 +105,102 @@ def chunk_shape(model: HierarchicalVAE, n_images: int, n_samples: int, memory_bu
     return images, samples
 
 
+def chunk_layout(model: HierarchicalVAE, n_images: int, n_samples: int, memory_budget_mb: float,
+                 sample_block: int = SAMPLE_BLOCK) -> tuple[int, int]:
+    """(images, samples) per chunk as `chunk_shape` sizes them, made of whole IMAGE_GROUPs of images and
+    whole sample blocks: all of an image's samples, or a multiple of `sample_block` of them. At least one
+    group of one block, even when that is over the budget."""
+    padded = math.ceil(n_images / IMAGE_GROUP) * IMAGE_GROUP
+    images, samples = chunk_shape(model, padded, n_samples, memory_budget_mb)
+    if samples >= n_samples and images >= IMAGE_GROUP:
+        return images // IMAGE_GROUP * IMAGE_GROUP, n_samples
+    blocks = max(1, images * samples // (IMAGE_GROUP * sample_block))
+    return IMAGE_GROUP, min(n_samples, blocks * sample_block)
+
+
+def noise_seed(seed: int, stream: str, index: int, block: int) -> int:
+    """The seed of one block of one image's noise: a hash of (the run's seed, the pass (NOISE_STREAMS), the
+    image's index in its whole set, the block of samples). The CPU generator uses its low 32 bits, CUDA's all 63."""
+    digest = hashlib.blake2b(f"{seed}/{NOISE_STREAMS[stream]}/{index}/{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def image_noise(model: HierarchicalVAE, indices: torch.Tensor, n_samples: int, samples: range, padded: int,
+                seed: int, stream: str, device: torch.device, sample_block: int = SAMPLE_BLOCK) -> torch.Tensor:
+    """eps of `samples` (a range of the n_samples that starts at a block) for the images `indices`:
+    (len(samples), padded, noise_size).
+
+    Block b of image j (samples b * sample_block onwards, at most sample_block of them) is one
+    standard-normal draw from a generator seeded with noise_seed(seed, stream, indices[j], b): the same
+    whatever chunk the image is in, and only the blocks a chunk needs are drawn. Columns beyond
+    len(indices) (padding) are zeros.
+    """
+    noise = torch.zeros(len(samples), padded, model.noise_size, device=device)
+    generator = torch.Generator(device=device)
+    for column, index in enumerate(indices.tolist()):
+        for start in range(samples.start, samples.stop, sample_block):
+            size = min(sample_block, n_samples - start)
+            generator.manual_seed(noise_seed(seed, stream, index, start // sample_block))
+            noise[start - samples.start:start - samples.start + size, column] = torch.randn(
+                size, model.noise_size, generator=generator, device=device)
+    return noise
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """x with copies of its first image appended up to a multiple of IMAGE_GROUP rows."""
+    extra = -len(x) % IMAGE_GROUP
+    return torch.cat([x, x[:1].expand(extra, -1)]) if extra else x
+
+
+def _indices_or_all(indices: torch.Tensor | None, n: int) -> torch.Tensor:
+    return torch.arange(n) if indices is None else indices.cpu()
+
+
 @torch.no_grad()
 def iw_log_likelihood_halves(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
-                             memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
+                             memory_budget_mb: float, progress: bool = False, *,
+                             indices: torch.Tensor | None = None, seed: int = 0,
+                             sample_block: int = SAMPLE_BLOCK) -> torch.Tensor:
     """log sum_k w_k over the first floor(K/2) samples and over the other samples, per image: (2, N) float64.
 
     w_k = p(x, z_k) / q(z_k|x), z_k ~ q(z|x). Both halves come from the one pass that
-    the K-sample estimate needs; `iw_estimates` combines them.
+    the K-sample estimate needs; `iw_estimates` combines them. indices: each image's index in its
+    whole set, which with `seed` chooses its noise (default: 0..N-1). Each half is summed per block of
+    `sample_block` samples, then over the blocks (see the module's docstring).
     """
     model.eval()
-    n_images, n_samples = chunk_shape(model, len(images), iw_samples, memory_budget_mb)
+    indices = _indices_or_all(indices, len(images))
+    n_images, n_samples = chunk_layout(model, len(images), iw_samples, memory_budget_mb, sample_block)
     half = iw_samples // 2
-    sums = []
+    n_blocks = math.ceil(iw_samples / sample_block)
+    per_block = torch.full((2, len(images), n_blocks), -math.inf, dtype=torch.float64, device=images.device)
     bar = tqdm(total=len(images), desc=f"log p(x), K={iw_samples}", unit="img", disable=not progress, leave=False)
-    for x in images.split(n_images):
-        context = model.encode(x)
-        total = torch.full((2, len(x)), -math.inf, dtype=torch.float64, device=x.device)
+    for first in range(0, len(images), n_images):
+        x = images[first:first + n_images]
+        padded = _padded(x)
+        context = model.encode(padded)
         for start in range(0, iw_samples, n_samples):
-            log_w = log_importance_weights(model(x, min(n_samples, iw_samples - start), context=context)).double()
-            cut = min(max(half - start, 0), len(log_w))  # where this chunk crosses into the second half
-            chunk = torch.stack([log_w[:cut].logsumexp(0), log_w[cut:].logsumexp(0)])  # empty part: -inf
-            total = torch.logaddexp(total, chunk)
-        sums.append(total)
+            samples = range(start, min(start + n_samples, iw_samples))
+            noise = image_noise(model, indices[first:first + n_images], iw_samples, samples, len(padded), seed,
+                                "test_log_likelihood", images.device, sample_block)
+            trace = model(padded, len(samples), context=context, noise=noise)
+            log_w = log_importance_weights(trace).double()[:, :len(x)].T.contiguous()  # (images, samples)
+            in_first_half = torch.arange(start, samples.stop, device=log_w.device) < half
+            for h, in_half in enumerate((in_first_half, ~in_first_half)):
+                masked = log_w.masked_fill(~in_half, -math.inf)  # the other half's samples count as weight 0
+                for block_start in range(start, samples.stop, sample_block):
+                    block = masked[:, block_start - start:block_start - start + sample_block].contiguous()
+                    per_block[h, first:first + len(x), block_start // sample_block] = block.logsumexp(-1)
         bar.update(len(x))
     bar.close()
-    return torch.cat(sums, dim=1)
+    return per_block.logsumexp(-1)
 
 
 def iw_log_likelihood(model: HierarchicalVAE, images: torch.Tensor, iw_samples: int,
-                      memory_budget_mb: float, progress: bool = False) -> torch.Tensor:
-    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64 (docs/method.md, eq. 9)."""
-    halves = iw_log_likelihood_halves(model, images, iw_samples, memory_budget_mb, progress)
+                      memory_budget_mb: float, progress: bool = False, **noise) -> torch.Tensor:
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), for each image: (N,) float64 (docs/method.md, eq. 9).
+    `noise`: indices and seed, as for `iw_log_likelihood_halves`."""
+    halves = iw_log_likelihood_halves(model, images, iw_samples, memory_budget_mb, progress, **noise)
     return iw_estimates(halves, iw_samples)[0]
 
 
@@ -139,11 +222,24 @@ def iw_estimates(halves: torch.Tensor, iw_samples: int) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def per_image(model: HierarchicalVAE, images: torch.Tensor, n_samples: int, memory_budget_mb: float,
-              statistic: Callable) -> torch.Tensor:
-    """statistic(trace) for chunks of images with n_samples each, concatenated on the last axis."""
+              statistic: Callable, *, indices: torch.Tensor | None = None, seed: int = 0,
+              stream: str = "analysis") -> torch.Tensor:
+    """statistic(trace) for chunks of images with n_samples each, concatenated on the last axis.
+
+    An image's samples are never split; its noise comes from (seed, stream, its index in `indices`,
+    default 0..N-1), as in `iw_log_likelihood_halves`, so no budget changes a value.
+    """
     model.eval()
-    n_images, _ = chunk_shape(model, len(images), n_samples, memory_budget_mb)
-    return torch.cat([statistic(model(x, n_samples)) for x in images.split(n_images)], dim=-1)
+    indices = _indices_or_all(indices, len(images))
+    n_images, _ = chunk_layout(model, len(images), n_samples, memory_budget_mb)
+    values = []
+    for first in range(0, len(images), n_images):
+        x = images[first:first + n_images]
+        padded = _padded(x)
+        noise = image_noise(model, indices[first:first + n_images], n_samples, range(n_samples), len(padded), seed,
+                            stream, images.device)
+        values.append(statistic(model(padded, n_samples, noise=noise))[..., :len(x)])
+    return torch.cat(values, dim=-1)
 
 
 def mean_and_stderr(values: torch.Tensor) -> dict:
@@ -153,18 +249,36 @@ def mean_and_stderr(values: torch.Tensor) -> dict:
     return {"mean": values.mean().item(), "stderr": stderr, "images": len(values)}
 
 
-def evaluate_model(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
-    """Every end-of-run number: test log p(x) (K = eval.iw_samples) and how converged it is,
-    test ELBO, train bound, KL per layer. A measurement: full float32 on CUDA unless eval.allow_tf32.
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `evaluate_model` measures and how: a run's eval.* and the training objective it reports
+    (lvae.run_config.eval_settings builds them from a run config)."""
+
+    iw_samples: int = 5000  # K of the test log-likelihood
+    test_subset: Optional[int] = None  # the first N of the test set's fixed random order (None: all)
+    train_subset: int = 10_000  # training images of the training-set bound (the same fixed order)
+    train_iw_samples: int = 1  # the training objective's K ...
+    train_mc_samples: int = 1  # ... and its Monte Carlo samples, for the training-set bound
+    binarization_seed: int = 0  # the training subset is binarized once, with this seed
+    seed: int = 0  # chooses every image's noise (noise_seed)
+    memory_budget_mb: float = 1024  # of one chunk; no budget changes a number
+    allow_tf32: bool = False  # TF32 matmuls on CUDA; a measurement is full float32 by default
+    compile: Optional[bool] = None  # torch.compile the chunks' forward pass; None: auto (lvae/compiling.py)
+    progress: bool = False  # a progress bar for the K-sample estimate
+
+
+def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
+    """Every end-of-run number: test log p(x) (K = settings.iw_samples) and how converged it is,
+    test ELBO, train bound, KL per layer. A measurement: full float32 on CUDA unless allow_tf32.
     Plain values, except `per_image`: the test estimates of every image as (N,) float64 tensors.
 
     Call `recompute_batchnorm_statistics` first when the model uses batch norm.
     """
     device = next(model.parameters()).device
-    test_images = len(data.test[: cfg.eval.test_subset])
-    compile_chunks = use_compile(cfg.eval.compile, device, test_images * cfg.eval.iw_samples, CPU_MIN_EVAL_PAIRS)
-    with float32_matmuls(cfg.eval.allow_tf32):
-        return {**_evaluate(evaluation_copy(model, compile_chunks), data, cfg), "compiled": compile_chunks}
+    test_images = len(data.test_subset(settings.test_subset))
+    compile_chunks = use_compile(settings.compile, device, test_images * settings.iw_samples, CPU_MIN_EVAL_PAIRS)
+    with float32_matmuls(settings.allow_tf32):
+        return {**_evaluate(evaluation_copy(model, compile_chunks), data, settings), "compiled": compile_chunks}
 
 
 def evaluation_copy(model: HierarchicalVAE, compile_forward: bool = False) -> HierarchicalVAE:
@@ -177,26 +291,40 @@ def evaluation_copy(model: HierarchicalVAE, compile_forward: bool = False) -> Hi
     return folded
 
 
-def _evaluate(model: HierarchicalVAE, data: ImageData, cfg: DictConfig) -> dict:
-    budget, progress, k = cfg.eval.memory_budget_mb, cfg.train.progress, cfg.eval.iw_samples
-    test = data.test[: cfg.eval.test_subset]
-    train = data.fixed_train_subset(cfg.eval.train_subset, seed=cfg.data.binarization_seed)
-    iw, mc = cfg.train.iw_samples, cfg.train.mc_samples
+def _elbo_and_kl_per_layer(trace: Trace) -> torch.Tensor:
+    """The 1-sample ELBO (row 0) and each layer's KL term (rows 1..L) of every image: (1 + L, B)."""
+    kl = kl_per_layer(trace)
+    return torch.cat([elbo(trace, kl=kl), kl[:, 0]])
 
-    log_likelihood, remaining_gap = iw_estimates(iw_log_likelihood_halves(model, test, k, budget, progress), k)
+
+def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
+    budget, progress, k, seed = settings.memory_budget_mb, settings.progress, settings.iw_samples, settings.seed
+    # A fixed random sample of the test set, the same for every run (lvae/data.py, fixed_permutation).
+    test_indices = data.test_subset(settings.test_subset)
+    test = data.test[test_indices.to(data.test.device)]
+    train_indices = data.train_subset_indices(settings.train_subset)
+    train = data.fixed_train_subset(train_indices, seed=settings.binarization_seed)
+    iw, mc = settings.train_iw_samples, settings.train_mc_samples
+
+    log_likelihood, remaining_gap = iw_estimates(
+        iw_log_likelihood_halves(model, test, k, budget, progress, indices=test_indices, seed=seed), k)
     # One 1-sample pass gives both the test ELBO (row 0) and the KL term of every layer (rows 1..L).
-    test_elbo, *test_kl = per_image(model, test, 1, budget,
-                                    lambda t: torch.cat([elbo(t), kl_per_layer(t)[:, 0]]))
-    train_bound = per_image(model, train, mc * iw, budget, lambda t: training_bound(t, iw))
+    test_elbo, *test_kl = per_image(model, test, 1, budget, _elbo_and_kl_per_layer,
+                                    indices=test_indices, seed=seed, stream="test_elbo")
+    train_bound = per_image(model, train, mc * iw, budget, lambda t: training_bound(t, iw),
+                            indices=train_indices, seed=seed, stream="train_bound")
     gap = mean_and_stderr(remaining_gap) if k > 1 else {"mean": None, "stderr": None}
+    test_set = {"test_set_images": len(data.test)}  # of which `images` were scored (a random sample when fewer)
     return {
-        "test_log_likelihood": {**mean_and_stderr(log_likelihood), "iw_samples": k,
+        "test_log_likelihood": {**mean_and_stderr(log_likelihood), **test_set, "iw_samples": k,
                                 # K-sample estimate minus the mean of its two K/2 halves: the gap left at K
                                 "remaining_gap": gap["mean"], "remaining_gap_stderr": gap["stderr"]},
-        "test_elbo": {**mean_and_stderr(test_elbo), "samples": 1},
+        "test_elbo": {**mean_and_stderr(test_elbo), **test_set, "samples": 1},
         "train_bound": {**mean_and_stderr(train_bound), "iw_samples": iw, "mc_samples": mc},
         "kl_per_layer": [mean_and_stderr(kl)["mean"] for kl in test_kl],
         "kl_per_layer_stderr": [mean_and_stderr(kl)["stderr"] for kl in test_kl],
-        # Per test image, for paired comparisons between runs (all runs see the same test images).
-        "per_image": {"test_log_likelihood": log_likelihood.cpu(), "test_elbo": test_elbo.double().cpu()},
+        # Per test image, for paired comparisons between runs (all runs see the same test images), with
+        # each image's index in the whole test set.
+        "per_image": {"test_log_likelihood": log_likelihood.cpu(), "test_elbo": test_elbo.double().cpu(),
+                      "test_indices": test_indices.cpu()},
     }

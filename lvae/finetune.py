@@ -21,8 +21,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 from .config import ConfigError
+from .models import merge_separate_head_maps
 
 
 def learning_rate(train_cfg: DictConfig, epoch: int) -> float:
@@ -50,9 +51,14 @@ def load_initial_weights(model: nn.Module, run_dir: Path) -> None:
         raise ConfigError(f"init_from={run_dir}: {found}. Fine-tuning starts from a completed run: "
                           "run that one to the end first (see configs/experiment/table1.yaml).")
     device = next(model.parameters()).device
-    weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]
+    # a run of an older lvae (separate mean and variance maps per Gaussian head) is converted
+    weights = merge_separate_head_maps(load_checkpoint(run_dir / "checkpoint.pt", device)["model"])
+    mismatch = state_dict_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise CheckpointError(f"init_from={run_dir}: its checkpoint does not fit this model ({mismatch}): "
+                              "fine-tune with the model, layers and sizes of that run.")
     try:
         model.load_state_dict(weights)
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"init_from={run_dir}: its checkpoint does not fit this model: "
-                              f"{str(error).splitlines()[0]}") from error
+                              f"{' '.join(str(error).split())}") from error

@@ -12,6 +12,7 @@ pass, the VAE's q(z_1|x)) is done once for the B images and broadcast over S.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -121,18 +122,50 @@ class MLP(nn.Module):
 class GaussianHead(nn.Module):
     """mu = Linear(d), sigma2 = Softplus(Linear(d)) + min_variance (docs/method.md, eq. 2).
 
-    batch_norm puts batch norm after both linear maps (the authors' code does; the paper
-    describes batch norm in the MLPs only).
+    The two linear maps are one Linear with 2 x out_features outputs, the means' first, split
+    after: one matmul instead of two small ones. batch_norm puts batch norm after the maps (the
+    authors' code does; the paper describes batch norm in the MLPs only); batch norm works per
+    feature, so one over all 2 x out_features outputs is that of two separate maps.
     """
 
     def __init__(self, in_features: int, out_features: int, min_variance: float, batch_norm: bool = False):
         super().__init__()
-        self.mean = dense(in_features, out_features, batch_norm)
-        self.var = dense(in_features, out_features, batch_norm)
+        self.out_features = out_features
+        self.mean_and_var = dense(in_features, 2 * out_features, batch_norm)
         self.min_variance = min_variance
 
+    @property
+    def linear(self) -> nn.Linear:
+        """The Linear of both maps: output rows [:out_features] are the mean's, the others the variance's."""
+        return self.mean_and_var[0] if isinstance(self.mean_and_var, nn.Sequential) else self.mean_and_var
+
     def forward(self, d: torch.Tensor) -> Gaussian:
-        return over_samples(self.mean, d), F.softplus(over_samples(self.var, d)) + self.min_variance
+        mean, var_input = over_samples(self.mean_and_var, d).split(self.out_features, dim=-1)
+        return mean, F.softplus(var_input) + self.min_variance
+
+
+# A state-dict key of a Gaussian head's separate mean or variance map (numerics version 1).
+SEPARATE_HEAD_KEY = re.compile(r"(?P<head>|.*\.)(?P<map>mean|var)\.(?P<rest>.+)")
+
+
+def has_separate_head_maps(weights: dict) -> bool:
+    """Whether a state dict comes from a model whose Gaussian heads had separate mean and variance maps."""
+    return any(SEPARATE_HEAD_KEY.fullmatch(key) for key in weights)
+
+
+def merge_separate_head_maps(weights: dict) -> dict:
+    """A state dict with separate mean and variance maps per Gaussian head (numerics version 1) in
+    this code's layout: each pair of weights, biases and batch-norm statistics concatenated, the
+    mean's first, and a batch-norm step count (the same in both) kept once. Other keys are kept."""
+    merged = {}
+    for key, value in weights.items():
+        match = SEPARATE_HEAD_KEY.fullmatch(key)
+        if match is None:
+            merged[key] = value
+        elif match["map"] == "mean":
+            var = weights[f"{match['head']}var.{match['rest']}"]
+            merged[f"{match['head']}mean_and_var.{match['rest']}"] = value if value.dim() == 0 else torch.cat([value, var])
+    return merged
 
 
 class GaussianMap(nn.Module):
@@ -174,8 +207,8 @@ class TopDownGenerative(nn.Module):
     def prior(self, i: int, z_above: Optional[torch.Tensor], like: torch.Tensor) -> Gaussian:
         """Parameters of p(z_i | z_{i+1}) (0-based i); the top layer's prior is N(0, I)."""
         if i == len(self.latent_sizes) - 1:
-            zeros = like.new_zeros(()).expand(*like.shape[:-1], self.latent_sizes[i])
-            return zeros, torch.ones_like(zeros)
+            shape = (*like.shape[:-1], self.latent_sizes[i])
+            return like.new_zeros(()).expand(shape), like.new_ones(()).expand(shape)  # broadcasts, not copies
         return self.priors[i](z_above)
 
     def log_likelihood(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -230,14 +263,26 @@ class HierarchicalVAE(nn.Module):
         """Per-image work shared by all samples of x."""
         raise NotImplementedError
 
-    def sample_posterior(self, context, n_samples: int) -> list[StochasticLayer]:
+    def sample_posterior(self, context, n_samples: int, noise: Optional[torch.Tensor] = None) -> list[StochasticLayer]:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, n_samples: int = 1, context=None) -> Trace:
-        """Draw n_samples from q(z|x) for each image of x and score them under p."""
+    @property
+    def noise_size(self) -> int:
+        """Standard-normal numbers one posterior sample takes: one per latent unit (the last axis of `noise`)."""
+        return sum(self.latent_sizes)
+
+    def layer_noise(self, noise: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+        """`noise` (S, B, noise_size) cut into each layer's eps, z_1's units first; None: each layer draws its own."""
+        return [None] * self.num_layers if noise is None else list(noise.split(self.latent_sizes, dim=-1))
+
+    def forward(self, x: torch.Tensor, n_samples: int = 1, context=None, noise: Optional[torch.Tensor] = None) -> Trace:
+        """Draw n_samples from q(z|x) for each image of x and score them under p.
+
+        noise: the eps of every sample, (n_samples, B, noise_size); None draws it from the global RNG (training).
+        """
         if context is None:
             context = self.encode(x)
-        layers = self.sample_posterior(context, n_samples)
+        layers = self.sample_posterior(context, n_samples, noise)
         return Trace(layers, self.generative.log_likelihood(x, layers[0].z))
 
     def per_sample_modules(self) -> list[nn.Module]:
@@ -272,14 +317,16 @@ class BottomUpVAE(HierarchicalVAE):
     def encode(self, x: torch.Tensor) -> Gaussian:
         return self.encoders[0](x)  # q(z_1 | x) depends on x alone
 
-    def sample_posterior(self, context: Gaussian, n_samples: int) -> list[StochasticLayer]:
+    def sample_posterior(self, context: Gaussian, n_samples: int,
+                         noise: Optional[torch.Tensor] = None) -> list[StochasticLayer]:
         mean, var = (t.expand(n_samples, *t.shape) for t in context)
+        eps = self.layer_noise(noise)
         posteriors, samples = [], []
         for i in range(self.num_layers):
             if i > 0:
                 mean, var = self.encoders[i](samples[-1])
             posteriors.append((mean, var))
-            samples.append(sample_gaussian(mean, var))
+            samples.append(sample_gaussian(mean, var, eps[i]))
         layers = []
         for i in range(self.num_layers):
             top = i + 1 == self.num_layers
@@ -318,8 +365,10 @@ class LadderVAE(HierarchicalVAE):
             likelihood_terms.append(head(d))
         return likelihood_terms
 
-    def sample_posterior(self, context: list[Gaussian], n_samples: int) -> list[StochasticLayer]:
+    def sample_posterior(self, context: list[Gaussian], n_samples: int,
+                         noise: Optional[torch.Tensor] = None) -> list[StochasticLayer]:
         layers: list[Optional[StochasticLayer]] = [None] * self.num_layers
+        eps = self.layer_noise(noise)
         z_above = None
         for i in reversed(range(self.num_layers)):
             mean_hat, var_hat = context[i]
@@ -329,7 +378,7 @@ class LadderVAE(HierarchicalVAE):
                 q_mean, q_var = mean_hat.expand_as(like), var_hat.expand_as(like)
             else:
                 q_mean, q_var = precision_weighted_merge(mean_hat, var_hat, p_mean, p_var)
-            z_above = sample_gaussian(q_mean, q_var)
+            z_above = sample_gaussian(q_mean, q_var, eps[i])
             layers[i] = StochasticLayer(z_above, q_mean, q_var, p_mean, p_var)
         return layers  # type: ignore[return-value]
 
@@ -339,12 +388,15 @@ MODELS = {"vae": BottomUpVAE, "lvae": LadderVAE}
 
 def glorot_init(model: nn.Module) -> None:
     """Glorot-normal weights and zero biases, as the authors' Lasagne code: gain sqrt(2) in the
-    MLPs' hidden layers (Lasagne's 'relu' gain), 1 in the mean, variance and output maps."""
+    MLPs' hidden layers (Lasagne's 'relu' gain), 1 in the mean, variance and output maps. A Gaussian
+    head's mean and variance maps are initialised apart, each with its own fan-out, as separate maps."""
     hidden = {id(m) for mlp in model.modules() if isinstance(mlp, MLP) for m in mlp.modules()}
+    heads = {id(head.linear): head.out_features for head in model.modules() if isinstance(head, GaussianHead)}
     for module in model.modules():
         if isinstance(module, nn.Linear):
             gain = nn.init.calculate_gain("relu") if id(module) in hidden else 1.0
-            nn.init.xavier_normal_(module.weight, gain=gain)
+            for weight in module.weight.split(heads.get(id(module), module.out_features)):
+                nn.init.xavier_normal_(weight, gain=gain)
             nn.init.zeros_(module.bias)
 
 

@@ -7,6 +7,7 @@ sample s = m * iw_samples + k.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -28,19 +29,20 @@ def kl_per_layer(trace: Trace) -> torch.Tensor:
     """Each layer's KL term E_q[log q(z_i|.) - log p(z_i|z_{i+1})], one unbiased sample each: (L, S, B).
 
     Which estimate a layer uses is the layer's own knowledge (`StochasticLayer.kl_term_per_unit`):
-    the analytic KL for top-down inference, an analytic entropy and a sampled cross-entropy
-    for bottom-up inference.
+    the analytic KL at the sampled parent for top-down inference and every top layer (docs/method.md,
+    eq. 7), log q - log p at the joint sample for the bottom-up VAE's lower layers (eq. 8).
     """
     return torch.stack([layer.kl_term_per_unit().sum(-1) for layer in trace.layers])
 
 
-def elbo(trace: Trace, kl_weight: float = 1.0) -> torch.Tensor:
+def elbo(trace: Trace, kl_weight: float = 1.0, kl: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ELBO estimate log p(x|z_1) - kl_weight * sum_i KL_i, per sample: (S, B).
 
     Unbiased for E_q[log p(x, z) - log q(z|x)] at kl_weight = 1, with lower variance
     than the single-sample log-ratio wherever a layer's term is (partly) analytic.
+    kl: `kl_per_layer(trace)` when the caller has it already (each term is then computed once).
     """
-    return trace.log_px - kl_weight * kl_per_layer(trace).sum(0)
+    return trace.log_px - kl_weight * (kl_per_layer(trace) if kl is None else kl).sum(0)
 
 
 def log_importance_weights(trace: Trace, kl_weight: float = 1.0) -> torch.Tensor:
@@ -58,13 +60,15 @@ def iw_bound(log_weights: torch.Tensor, iw_samples: int) -> torch.Tensor:
     return (grouped.logsumexp(dim=1) - math.log(iw_samples)).mean(0)
 
 
-def training_bound(trace: Trace, iw_samples: int, kl_weight: float = 1.0) -> torch.Tensor:
+def training_bound(trace: Trace, iw_samples: int, kl_weight: float = 1.0,
+                   kl: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bound that training maximises, per image: (B,).
 
-    K = 1: the ELBO with analytic KL, averaged over the MC samples.
+    K = 1: the ELBO of `elbo` (each layer's KL term as `kl_per_layer` estimates it), averaged over the MC samples.
     K > 1: the importance-weighted bound, with the warm-up weight on the
     log-ratio of prior and posterior inside each weight.
+    kl: `kl_per_layer(trace)` when the caller has it already (K = 1 uses it).
     """
     if iw_samples == 1:
-        return elbo(trace, kl_weight).mean(0)
+        return elbo(trace, kl_weight, kl).mean(0)
     return iw_bound(log_importance_weights(trace, kl_weight), iw_samples)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from torch import nn
 
 from .config import ConfigError, validate
 from .models import build_model
-from .provenance import code_fingerprint, fingerprint_of
+from .provenance import is_current_numerics
+from .run_record import is_complete, is_complete_for, read_record
 from .report.output import write_report
 from .report.runs import collect_runs
 from .sweep import Job, sweep_jobs
@@ -86,33 +86,27 @@ def estimate_run(cfg: DictConfig, epochs_done: int = 0) -> Estimate:
                     overhead=SECONDS_PER_RUN)
 
 
-def stored_metrics(run_dir: Path) -> dict:
-    """A run folder's metrics.json ({} when there is none)."""
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def estimate_jobs(jobs: list[Job]) -> tuple[Estimate, int, list[Path]]:
     """The estimate of the jobs still to run, how many are complete already, and which of
-    those were scored by other code than the installed one."""
+    those were scored by another numerics version than the installed one."""
     total, complete, other_code = Estimate(overhead=SECONDS_TO_START), 0, []
     for job in jobs:
-        metrics = stored_metrics(job.run_dir)
-        status, epochs = metrics.get("status"), metrics.get("epochs", metrics.get("epoch", 0))
-        if status == "completed" and epochs == job.config.train.epochs:
+        complete_record = is_complete_for(job.run_dir, job.config)
+        if complete_record is not None:
             complete += 1
-            if fingerprint_of(metrics) != code_fingerprint():
+            if not is_current_numerics(complete_record):
                 other_code.append(job.run_dir)
-        else:
-            total += estimate_run(job.config, epochs if status != "completed" else 0)
+        else:  # an interrupted run resumes from its checkpoint's epoch (its record's `epoch`)
+            record = read_record(job.run_dir) or {}
+            total += estimate_run(job.config, 0 if is_complete(record) else record.get("epoch", 0))
     return total, complete, other_code
 
 
 def describe_other_code(run_dirs: list[Path]) -> str:
     """A warning for complete runs whose numbers come from other code (never taken silently)."""
     listed = "\n".join(f"    {run_dir}" for run_dir in run_dirs)
-    return (f"WARNING: {len(run_dirs)} of the complete runs were scored by other code than the installed one "
-            f"(or do not say by which). They are not trained again, and the report marks their numbers with †. "
+    return (f"WARNING: {len(run_dirs)} of the complete runs were scored by another numerics version than the "
+            f"installed one (lvae/provenance.py, NUMERICS_VERSION). They are not trained again, and the report marks their numbers with †. "
             f"To recompute them with this code, move their folders away first:\n{listed}")
 
 

@@ -1,13 +1,19 @@
-"""The end-of-run analysis of trained runs: figures and analysis.json (docs/method.md, section 5).
+"""The analysis of trained runs: figures and analysis.json (docs/method.md, section 5).
 
-A run calls `analyze_runs` on itself at its end (eval.analyze); `python -m lvae.analyze`
-calls it on any run directories (see there for the files it writes). Several runs
-share the figures.
+`analyze` is a function of models, their data and the settings: a run calls it at its end
+on the model it holds in memory (eval.analyze), with the active units its evaluation
+computed; `analyze_runs` reads run folders back and calls it (`python -m lvae.analyze`,
+see there for the files it writes). Several runs share the figures.
+
+It leaves the caller's random state as it was: its own draws (prior samples,
+reconstructions) come from a forked generator seeded with the run's seed, and the
+posterior samples of the statistics from per-image noise (lvae.evaluate.per_image).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,22 +28,43 @@ from .analysis import (
     plot_pca,
     posterior_samples,
     reconstruction_rows,
+    seeded_rng,
 )
 from .checkpoint import load_checkpoint, write_json
 from .config import resolve_device
 from .data import ImageData, load_dataset
-from .stored_run import check_run_dir, read_config, read_metrics, trained_model
+from .models import HierarchicalVAE
+from .run_record import ANALYSIS_FILE, CHECKPOINT_FILE, is_complete, read_config, read_record
+from .stored_run import check_run_dir, trained_model
 from .summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
 IMAGES_PER_ROW = 10
 
 
+@dataclass
+class AnalysisSettings:
+    test_subset: int | None = None  # the first N of the fixed random order of the test set (None: all)
+    posterior_samples: int = 1  # per image, for the active-unit statistics (see lvae.analysis.active_units)
+    memory_budget_mb: float = 1024  # of one chunk; no budget changes a number
+
+
+@dataclass
+class RunToAnalyze:
+    name: str  # in figure titles, file names and analysis.json
+    model: HierarchicalVAE  # trained, in eval mode with the batch-norm statistics of its evaluation
+    data: ImageData
+    seed: int  # of its noise: the run's own seed gives the active units of its metrics.json
+    history: list[dict] | None = None  # metrics.json's per-epoch history, for the KL-per-layer figure
+    active: ActiveUnits | None = None  # computed already by the run's evaluation with the same settings
+    run_dir: Path | None = None  # where it was read from, for analysis.json
+
+
 def run_name(run_dir: Path, metrics: dict | None) -> str:
-    """A completed run as "VAE+BN+WU5 L5", any other as its folder name (with metrics.json's status)."""
+    """A completed run as "VAE+BN+WU L5", any other as its folder name (with metrics.json's status)."""
     if metrics is None:
         return run_dir.name
-    if metrics.get("status") != "completed":
+    if not is_complete(metrics):
         return f"{run_dir.name} ({metrics.get('status', 'unknown status')})"
     return f"{variant_name(metrics)} L{metrics['layers']}"
 
@@ -49,58 +76,65 @@ def run_names(run_dirs: list[Path], metrics: list[dict | None]) -> list[str]:
 
 
 def file_stem(name: str) -> str:
-    """A run name as part of a file name: "VAE+BN+WU5 L5" -> "VAE+BN+WU5_L5"."""
+    """A run name as part of a file name: "VAE+BN+WU L5" -> "VAE+BN+WU_L5"."""
     return re.sub(r"[^\w+.=-]+", "_", name).strip("_")
 
 
-def analyze_runs(run_dirs: list[Path], out_dir: Path, test_subset: int | None = None,
-                 device: str | torch.device = "auto", n_samples: int = 1, seed: int = 0) -> dict:
-    """Write the figures and analysis.json for `run_dirs` into out_dir; returns analysis.json's content.
-
-    Uses the first `test_subset` test images (None: all) and n_samples posterior
-    samples per image for the active-unit statistics (see `lvae.analysis.active_units`).
-    Seeds torch's global generator with `seed`. Raises RunDirError when a run
-    directory lacks config.yaml or checkpoint.pt, before any work is done.
-    """
-    run_dirs = [Path(d) for d in run_dirs]
-    for run_dir in run_dirs:
-        check_run_dir(run_dir)
-    device = resolve_device(device) if isinstance(device, str) else device
+def analyze(runs: list[RunToAnalyze], out_dir: Path, settings: AnalysisSettings) -> dict:
+    """Write the figures and analysis.json for `runs` into out_dir; returns analysis.json's content."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    metrics = [read_metrics(run_dir) for run_dir in run_dirs]
-    names = run_names(run_dirs, metrics)
-
-    datasets: dict[str, ImageData] = {}  # runs that read the same data share one copy
+    budget, n_samples = settings.memory_budget_mb, settings.posterior_samples
     results: dict[str, ActiveUnits] = {}
     samples: dict[str, list[torch.Tensor]] = {}
-    for run_dir, name in zip(run_dirs, names):
-        cfg = read_config(run_dir)
-        weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]  # a bad file fails before the data load
-        data_key = OmegaConf.to_yaml(cfg.data)
-        if data_key not in datasets:
-            datasets[data_key] = load_dataset(cfg.data, device)
-        data = datasets[data_key]
-        model = trained_model(cfg, weights, data.dim, device)
-        images, budget = data.test[:test_subset], cfg.eval.memory_budget_mb
-        results[name] = active_units(model, images, budget, n_samples)
-        samples[name] = posterior_samples(model, images, budget)
-        image_grid(model.generative.sample(IMAGES_PER_GRID), out_dir / f"samples_{file_stem(name)}.png",
-                   IMAGES_PER_ROW)
-        image_grid(reconstruction_rows(model, images[:IMAGES_PER_GRID // 2], IMAGES_PER_ROW),
-                   out_dir / f"reconstructions_{file_stem(name)}.png", IMAGES_PER_ROW)
-    labels = data.test_labels[:test_subset].cpu()  # the test set, in the same order for every run
+    for run in runs:
+        indices = run.data.test_subset(settings.test_subset)
+        images = run.data.test[indices.to(run.data.test.device)]
+        noise = {"indices": indices, "seed": run.seed}
+        results[run.name] = run.active or active_units(run.model, images, budget, n_samples, **noise)
+        samples[run.name] = posterior_samples(run.model, images, budget, **noise)
+        with seeded_rng(run.seed, next(run.model.parameters()).device):
+            image_grid(run.model.generative.sample(IMAGES_PER_GRID), out_dir / f"samples_{file_stem(run.name)}.png",
+                       IMAGES_PER_ROW)
+            image_grid(reconstruction_rows(run.model, images[:IMAGES_PER_GRID // 2], IMAGES_PER_ROW),
+                       out_dir / f"reconstructions_{file_stem(run.name)}.png", IMAGES_PER_ROW)
+    # Every run of one dataset scores the same sample of its test set, in the same order.
+    labels = runs[-1].data.test_labels[indices.to(runs[-1].data.test_labels.device)].cpu()
 
     plot_active_units(results, out_dir / "active_units.png")
     plot_pca(samples, labels, out_dir / "pca.png")
-    histories = {name: m["history"] for name, m in zip(names, metrics) if m and m.get("history")}
+    histories = {run.name: run.history for run in runs if run.history}
     if histories:
         plot_kl_history(histories, out_dir / "kl_per_layer.png")
     summary = {
         "test_images": len(labels),
+        "test_set_images": len(runs[-1].data.test),
         "posterior_samples_per_image": n_samples,
-        "seed": seed,
-        "runs": {name: {"run_dir": str(run_dir), **results[name].to_json()} for run_dir, name in zip(run_dirs, names)},
+        "runs": {run.name: {**({"run_dir": str(run.run_dir)} if run.run_dir else {}), "seed": run.seed,
+                            **results[run.name].to_json()} for run in runs},
     }
-    write_json(out_dir / "analysis.json", summary)
+    write_json(out_dir / ANALYSIS_FILE, summary)
     return summary
+
+
+def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings,
+                 device: str | torch.device = "auto", seed: int | None = None) -> dict:
+    """Read the runs of run_dirs back and `analyze` them; each run's noise comes from `seed`, by default
+    its own seed (then its active units are those of its metrics.json). Raises RunDirError when a run
+    directory lacks config.yaml or checkpoint.pt, before any work is done."""
+    run_dirs = [Path(d) for d in run_dirs]
+    for run_dir in run_dirs:
+        check_run_dir(run_dir)
+    device = resolve_device(device) if isinstance(device, str) else device
+    records = [read_record(run_dir) for run_dir in run_dirs]
+    datasets: dict[str, ImageData] = {}  # runs that read the same data share one copy
+    runs = []
+    for run_dir, name, record in zip(run_dirs, run_names(run_dirs, records), records):
+        cfg = read_config(run_dir)
+        weights = load_checkpoint(run_dir / CHECKPOINT_FILE, device)["model"]  # a bad file fails before the data load
+        data_key = OmegaConf.to_yaml(cfg.data)
+        if data_key not in datasets:
+            datasets[data_key] = load_dataset(cfg.data, device)
+        data = datasets[data_key]
+        runs.append(RunToAnalyze(name, trained_model(cfg, weights, data.dim, device), data,
+                                 cfg.seed if seed is None else seed, (record or {}).get("history"), run_dir=run_dir))
+    return analyze(runs, out_dir, settings)

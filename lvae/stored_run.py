@@ -7,19 +7,19 @@ final checkpoint holds them), beside its config and its data.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .checkpoint import load_checkpoint
 from .config import resolve_device
 from .data import ImageData, load_dataset
-from .models import HierarchicalVAE, build_model
+from .models import HierarchicalVAE, build_model, merge_separate_head_maps
+from .run_record import CHECKPOINT_FILE, CONFIG_FILE, read_config, read_record
 
-REQUIRED_FILES = ("config.yaml", "checkpoint.pt")
+REQUIRED_FILES = (CONFIG_FILE, CHECKPOINT_FILE)
 
 
 class RunDirError(FileNotFoundError):
@@ -35,24 +35,15 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: not a finished run directory of lvae.train")
 
 
-def read_metrics(run_dir: Path) -> dict | None:
-    """metrics.json, or None when the run has written none yet."""
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_config(run_dir: Path) -> DictConfig | None:
-    """config.yaml, the fully resolved config the run was started with; None when it has written none yet.
-    The one reader of stored run configs: the run's own resume check, the analysis and the report use it."""
-    path = run_dir / "config.yaml"
-    return OmegaConf.load(path) if path.is_file() else None
+read_metrics = read_record  # TEMPORARY while train.py is being edited; removed at integration
 
 
 def trained_model(cfg: DictConfig, weights: dict, data_dim: int, device: torch.device) -> HierarchicalVAE:
     """The model `cfg` describes with a checkpoint's weights, in eval mode: its batch norm uses the
-    stored statistics (at the end of a run, those of the evaluation)."""
+    stored statistics (at the end of a run, those of the evaluation). Weights of an older lvae, whose
+    Gaussian heads had separate mean and variance maps, are merged into this code's layout."""
     model = build_model(cfg, data_dim).to(device)
-    model.load_state_dict(weights)
+    model.load_state_dict(merge_separate_head_maps(weights))
     return model.eval()
 
 
@@ -77,6 +68,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     check_run_dir(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     cfg = read_config(run_dir)
-    weights = load_checkpoint(run_dir / "checkpoint.pt", device)["model"]  # a bad file fails before the data load
+    weights = load_checkpoint(run_dir / CHECKPOINT_FILE, device)["model"]  # a bad file fails before the data load
     data = load_dataset(cfg.data, device)
-    return TrainedRun(trained_model(cfg, weights, data.dim, device), cfg, data, read_metrics(run_dir))
+    return TrainedRun(trained_model(cfg, weights, data.dim, device), cfg, data, read_record(run_dir))

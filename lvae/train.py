@@ -41,13 +41,15 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .analysis import log_to_tensorboard
+from .analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
 from .checkpoint import (
     CheckpointError,
     atomic_write,
     capture_rng_state,
+    RunDirHold,
     hold_run_dir,
     load_checkpoint,
+    open_run_logs,
     remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
@@ -60,10 +62,12 @@ from .config import ConfigError, config_to_dict, resolve_device, run_differences
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
-from .models import HierarchicalVAE, build_model
+from .models import HierarchicalVAE, build_model, has_separate_head_maps
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
-from .provenance import code_fingerprint, fingerprint_of, provenance
-from .run_analysis import analyze_runs
+from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
+from .run_config import eval_settings
+from .run_record import write_per_image
+from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
 from .stored_run import read_config, read_metrics
 from .summary import format_run
 
@@ -73,11 +77,16 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class RunFailed(RuntimeError):
-    """Training produced a non-finite loss or gradient, first at `epoch` and `step` (both from 1)."""
+    """Training produced a non-finite loss or gradient, or diverged (see DIVERGED_NATS_PER_PIXEL), in
+    epoch `epoch` (counted from 1) at step `step` (counted from 1, from the start of training)."""
 
     def __init__(self, message: str, epoch: int, step: int):
         super().__init__(message)
         self.epoch, self.step = epoch, step
+
+
+class RunWriteFailed(OSError):
+    """A write into the run directory failed (a full disk); the message names the file."""
 
 
 class RunInterrupted(RuntimeError):
@@ -108,6 +117,33 @@ class TrainingState:
 
 def _signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+def describe_position(epochs: int, steps: int) -> str:
+    """Where training stands, as every message and metrics.json's `epoch` and `step` count it:
+    optimiser steps taken and epochs complete."""
+    return f"step {steps}, {epochs} complete epoch{'s' * (epochs != 1)}"
+
+
+# A run has diverged when an epoch's mean training bound is this many nats per pixel below that of the
+# model that learned nothing (see divergence_floor). Why 10: an untrained network starts within about
+# 1 nat per pixel of that model and training only improves on it (MNIST: that model scores -543 nats, an
+# untrained LVAE about -550, one epoch -130 to -200), while a run that diverged scores orders of
+# magnitude lower (lr=1e4: about -1e17). No healthy run comes within a factor of ten of the floor.
+DIVERGED_NATS_PER_PIXEL = 10.0
+
+
+def divergence_floor(likelihood: str, pixels: int) -> float:
+    """The mean training bound per image (nats) below which a run has diverged.
+
+    The reference is the model that learned nothing, whose bound is exact (no latent variable, no KL
+    term): every pixel 1/2 for Bernoulli output (-log 2 per pixel), the uniform density on [0, 1]
+    for Gaussian output (pixels are scaled to [0, 1]: 0 per pixel). The floor lies
+    DIVERGED_NATS_PER_PIXEL nats per pixel below it. The training bound (with the warm-up's KL weight
+    below 1, or K importance samples) is never below the ELBO, so the floor holds for it too.
+    """
+    reference = -math.log(2.0) if likelihood == "bernoulli" else 0.0
+    return (reference - DIVERGED_NATS_PER_PIXEL) * pixels
 
 
 class StopRequest:
@@ -145,10 +181,14 @@ class StopRequest:
             self.deferred = False
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        first, self.signum = self.signum is None, signum
         if not self.deferred:
             self.deferred = True  # a second signal must not cut short the clean-up of the first
             raise RunInterrupted(signum, f"stopped by {_signal_name(signum)} during {self.stage}")
+        if first:  # said at once: the step may take long (the first one compiles when torch.compile is on)
+            log.warning("%s received: stopping after the current training step, with a checkpoint (a step "
+                        "that torch.compile is compiling finishes compiling first, which can take a minute)",
+                        _signal_name(signum))
 
 
 def seed_everything(seed: int) -> None:
@@ -174,8 +214,9 @@ def training_forward(model: HierarchicalVAE, iw_samples: int, mc_samples: int) -
     """
     def forward(x: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trace = model(x, mc_samples * iw_samples)
-        bound = training_bound(trace, iw_samples, kl_weight)
-        sums = torch.cat([bound.sum().view(1), elbo(trace).mean(0).sum().view(1), kl_per_layer(trace).mean(1).sum(-1)])
+        kl = kl_per_layer(trace)  # once, for the bound, the ELBO and the report (eager mode has no CSE)
+        bound = training_bound(trace, iw_samples, kl_weight, kl)
+        sums = torch.cat([bound.sum().view(1), elbo(trace, kl=kl).mean(0).sum().view(1), kl.mean(1).sum(-1)])
         return -bound.mean(), sums.detach()
 
     return forward
@@ -198,6 +239,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
     n_batches = data.batches_per_epoch(tc.batch_size)
     device = data.train.device
     compile_step = use_compile(tc.compile, device, (tc.epochs - state.epoch) * n_batches, CPU_MIN_TRAIN_STEPS)
+    floor = divergence_floor(cfg.likelihood, data.dim)
     forward = training_forward(model, tc.iw_samples, tc.mc_samples)
     if compile_step:  # the gradient clipping stays eager: compiled, clip_grad_norm_ breaks the graph (no gain)
         forward = compiled(forward, device)
@@ -223,7 +265,12 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
             loss, batch_sums = forward(x, kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
+            # One fused (foreach) norm over all gradients. On the CPU, reading it waits for nothing, so the
+            # scaling pass is skipped when it would scale by 1; elsewhere it stays, so no step waits for the device.
+            grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None],
+                                                foreach=True)
+            if device.type != "cpu" or grad_norm > tc.grad_clip_norm:
+                nn.utils.clip_grads_with_norm_(model.parameters(), tc.grad_clip_norm, grad_norm, foreach=True)
             if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
                 nn.utils.clip_grad_value_(model.parameters(), tc.grad_clip_value)
             optimizer.step()
@@ -236,12 +283,14 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
             state.next_batch += 1
             if stop.signum is not None:
                 _raise_if_diverged(first_bad_step, epoch)
+                _raise_if_below(float(state.sums[0]) / state.seen, floor, cfg, epoch, state.step)
                 state.train_seconds += time.perf_counter() - started
                 save(state)
-                raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at epoch "
-                                     f"{epoch + 1}, step {state.step}; checkpoint written")
+                raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at "
+                                     f"{describe_position(state.epoch, state.step)}; checkpoint written")
         _raise_if_diverged(first_bad_step, epoch)
         bound_mean, elbo_mean, *kl = (state.sums / state.seen).tolist()  # the one host sync of the epoch
+        _raise_if_below(bound_mean, floor, cfg, epoch, state.step)
         kl_weight = kl_warmup_weight(state.step - 1, n_batches, cfg.warmup_epochs)  # that of the epoch's last step
         state.train_seconds += time.perf_counter() - started
         state.history.append({"epoch": epoch + 1, "train_objective": bound_mean, "train_elbo": elbo_mean,
@@ -258,8 +307,16 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
 def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int) -> None:
     step = int(first_bad_step)
     if step >= 0:
-        raise RunFailed(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
-                        "(steps counted from the start of training)", epoch + 1, step + 1)
+        raise RunFailed(f"non-finite loss or gradient at step {step + 1}, in epoch {epoch + 1} (steps counted "
+                        "from the start of training, epochs from 1)", epoch + 1, step + 1)
+
+
+def _raise_if_below(bound_mean: float, floor: float, cfg: DictConfig, epoch: int, step: int) -> None:
+    if bound_mean < floor:
+        raise RunFailed(f"the run diverged in epoch {epoch + 1} (by step {step}): its mean training bound, "
+                        f"{bound_mean:.4g} nats per image, is below {floor:.0f}, {DIVERGED_NATS_PER_PIXEL:g} nats "
+                        "per pixel worse than a model that learned nothing (lvae/train.py, divergence_floor); "
+                        f"try a lower train.lr (now {cfg.train.lr:g})", epoch + 1, step)
 
 
 def _log_epoch(writer: SummaryWriter, record: dict) -> None:
@@ -279,6 +336,11 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
         raise ConfigError(f"the checkpoint in {path.parent} belongs to another run; refusing to resume it with "
                           f"a config that differs in: {'; '.join(differences)}. Use another run directory "
                           "(other overrides or hydra.run.dir=...), or the original config.")
+    if has_separate_head_maps(checkpoint["model"]):
+        raise CheckpointError(f"checkpoint {path} was written by an older lvae (numerics version 1: separate mean "
+                              "and variance maps per Gaussian head); resuming it would finish the run with other "
+                              "numerics than it started with. It was left untouched: finish the run with the lvae "
+                              "commit its record names, or start it afresh in another run directory.")
     mismatch = state_dict_mismatch(model.state_dict(), checkpoint["model"])
     if mismatch:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}. It was left untouched.")
@@ -317,13 +379,14 @@ def _evaluation_settings(stored_eval: dict) -> dict:
     return settings
 
 
-def _record_status(run_dir: Path, status: str, **fields) -> None:
-    """metrics.json's status on the way out of a run. Failing to write it (a full disk) is
-    logged, not raised: it must not hide why the run stopped."""
+def _record_status(run_dir: Path, status: str, **fields) -> str:
+    """metrics.json's status on the way out of a run: '' once written, else why not (a full disk),
+    for the message of the error that stopped the run; failing to write it must not hide that."""
     try:
         write_json(run_dir / "metrics.json", {"status": status, **fields})
     except OSError as error:
-        log.error("could not record status %r in %s: %s", status, run_dir / "metrics.json", error.strerror or error)
+        return f" (the status {status!r} could not be recorded in {error.filename}: {error.strerror})"
+    return ""
 
 
 @dataclass
@@ -355,8 +418,7 @@ class _Session:
     def kept_checkpoint(self) -> str:
         if self.checkpointed is None:
             return "no checkpoint had been written yet, so a rerun starts from the beginning"
-        epoch, step = self.checkpointed
-        return f"the last good checkpoint (step {step}, {epoch} complete epoch{'s' * (epoch != 1)}) was kept"
+        return f"the last good checkpoint ({describe_position(*self.checkpointed)}) was kept"
 
 
 def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] = None) -> dict:
@@ -367,49 +429,86 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
     refused launch leaves the record of the run as it was.
     """
     validate(cfg)
-    with hold_run_dir(run_dir), StopRequest().catching_signals() as stop:
-        remove_stale_temporaries(run_dir)  # the lock is ours: no other write is in progress
+    with hold_run_dir(run_dir) as hold, StopRequest().catching_signals() as stop:
         checkpoint_path = run_dir / CHECKPOINT
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+        if checkpoint is None:
+            _refuse_to_replace_a_record(run_dir, cfg)
         finished = _finished_metrics(run_dir, cfg) if checkpoint is not None else None
         if finished is not None:
             return _already_complete(cfg, run_dir, finished, stop)
         session = _set_up(cfg, run_dir, checkpoint)
-        _accept(session, record_files or {})
         try:
+            _accept(session, hold, record_files or {})
             with SummaryWriter(str(run_dir / "tensorboard"), purge_step=session.state.epoch + 1) as writer:
                 _train(session, writer, stop)
                 started = time.perf_counter()
-                results = _evaluate(session, writer)
+                results, active = _evaluate(session, writer)
             metrics = _write_metrics(session, results, time.perf_counter() - started)
         except RunInterrupted as error:
-            _record_status(run_dir, "interrupted", reason=str(error), **session.position())
-            raise
+            unrecorded = _record_status(run_dir, "interrupted", reason=str(error), **session.position())
+            raise RunInterrupted(error.signum, f"{error}{unrecorded}") from None
         except RunFailed as error:
             reason = f"{error}; {session.kept_checkpoint()}"
-            _record_status(run_dir, "failed", reason=reason, failed_epoch=error.epoch, failed_step=error.step,
-                           **session.position())
-            raise RunFailed(reason, error.epoch, error.step) from None
+            unrecorded = _record_status(run_dir, "failed", reason=reason, failed_epoch=error.epoch,
+                                        failed_step=error.step, **session.position())
+            raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
+        except OSError as error:  # a full disk: every write names its file (lvae.checkpoint.atomic_write)
+            reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
+            unrecorded = _record_status(run_dir, "failed", reason=reason, **session.position())
+            raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
         except Exception as error:
             reason = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
-            _record_status(run_dir, "failed", reason=reason, **session.position())
+            unrecorded = _record_status(run_dir, "failed", reason=reason, **session.position())
+            if unrecorded:
+                log.error("%s", unrecorded.strip(" ()"))
             raise
         if cfg.eval.analyze:
             stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
-            analyze_runs([run_dir], run_dir, cfg.eval.test_subset, session.device)
+            analyze([RunToAnalyze(run_name(run_dir, metrics), session.model, session.data, cfg.seed,
+                                  session.state.history, active, run_dir)], run_dir, _analysis_settings(cfg))
         log.info("run dir: %s\n%s", run_dir, format_run(metrics))
         return metrics
+
+
+def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
+    """run_dir has no checkpoint, but may hold the record of a run (config.yaml, metrics.json): a
+    finished run whose checkpoint was deleted, a copied run folder. Training there replaces that
+    record, so it must be the record of this very run (a completed one: with the same epochs and
+    evaluation too); otherwise the launch is refused before anything is written."""
+    stored_cfg, metrics = read_config(run_dir), read_metrics(run_dir)
+    completed = metrics is not None and metrics.get("status") == "completed"
+    if stored_cfg is None:
+        if completed:
+            raise ConfigError(f"{run_dir} holds the metrics.json of a completed run but no config.yaml and no "
+                              f"{CHECKPOINT}: refusing to replace that record. Move it away, or use another run "
+                              "directory (other overrides or hydra.run.dir=...).")
+        return
+    stored = config_to_dict(stored_cfg)
+    differences = run_differences(stored, cfg)
+    if completed:
+        if stored["train"]["epochs"] != cfg.train.epochs:
+            differences.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r}")
+        stored_eval, now_eval = _evaluation_settings(stored["eval"]), _evaluation_settings(config_to_dict(cfg.eval))
+        differences += [f"eval.{key}: {stored_eval.get(key)!r} -> {now_eval.get(key)!r}"
+                        for key in sorted(stored_eval.keys() | now_eval.keys()) if stored_eval.get(key) != now_eval.get(key)]
+    if differences:
+        what = "completed run" if completed else "run"
+        raise ConfigError(f"{run_dir} holds the record of another {what} (its config.yaml{', metrics.json' * completed}) "
+                          f"but no {CHECKPOINT}; refusing to replace it with a run whose config differs in: "
+                          f"{'; '.join(differences)}. Use another run directory (other overrides or "
+                          "hydra.run.dir=...), or the original config.")
 
 
 def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopRequest) -> dict:
     if cfg.eval.analyze and not (run_dir / "analysis.json").exists():  # a run stopped during its analysis
         stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
-        analyze_runs([run_dir], run_dir, cfg.eval.test_subset, resolve_device(cfg.device))
+        analyze_runs([run_dir], run_dir, _analysis_settings(cfg), resolve_device(cfg.device))
     log.info("run already complete in %s\n%s", run_dir, format_run(metrics))
-    if fingerprint_of(metrics) != code_fingerprint():  # a stored result is never taken silently for this code's
-        log.warning("these numbers were computed by other code than the installed one (code fingerprint %s, "
+    if not is_current_numerics(metrics):  # a stored result is never taken silently for this code's
+        log.warning("these numbers were computed by another numerics version than the installed one (%s, "
                     "now %s; commit %s): move %s away and run the command again to recompute them.",
-                    metrics.get("code_fingerprint", "not recorded"), code_fingerprint(),
+                    numerics_version_of(metrics), NUMERICS_VERSION,
                     metrics.get("git_commit", "unknown"), run_dir)
     return metrics
 
@@ -425,6 +524,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     origin = provenance(device)
     data = load_dataset(cfg.data, device)
+    data.test_subset(cfg.eval.test_subset)  # refuses a subset larger than the test set now, not after training
     model = build_model(cfg, data.dim).to(device)
     tc = cfg.train
     optimizer = new_optimizer(model, tc)
@@ -432,15 +532,19 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
     if checkpoint is not None:
         session.state = _restore(checkpoint, cfg, run_dir / CHECKPOINT, model, optimizer)
         session.checkpointed = (session.state.epoch, session.state.step)
-        log.info("resuming %s from epoch %d, step %d", run_dir, session.state.epoch, session.state.step)
+        log.info("resuming %s at %s", run_dir, describe_position(session.state.epoch, session.state.step))
     elif cfg.init_from:
         load_initial_weights(model, Path(cfg.init_from))
         log.info("starting from the final weights of %s", cfg.init_from)
     return session
 
 
-def _accept(session: _Session, record_files: dict[str, str]) -> None:
-    """The run is accepted: from here on it writes its directory, first its config and how it was launched."""
+def _accept(session: _Session, hold: RunDirHold, record_files: dict[str, str]) -> None:
+    """The run is accepted: from here on it writes its directory, first its config and how it was
+    launched, and its log file (lvae.checkpoint.RunLogFile) receives what was held."""
+    hold.accepted = True
+    open_run_logs()
+    remove_stale_temporaries(session.run_dir)  # the lock is ours: no other write is in progress
     write_text(session.run_dir / "config.yaml", OmegaConf.to_yaml(session.cfg, resolve=True))
     for name, text in record_files.items():
         path = session.run_dir / name
@@ -466,24 +570,33 @@ def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
                              "the final checkpoint is written")
 
 
-def _evaluate(session: _Session, writer: SummaryWriter) -> dict:
-    """The end-of-run numbers, also logged to TensorBoard."""
+def _analysis_settings(cfg: DictConfig) -> AnalysisSettings:
+    return AnalysisSettings(cfg.eval.test_subset, memory_budget_mb=cfg.eval.memory_budget_mb)
+
+
+def _evaluate(session: _Session, writer: SummaryWriter) -> tuple[dict, ActiveUnits]:
+    """The end-of-run numbers, also logged to TensorBoard, and the active units (computed once: the
+    analysis reuses them)."""
     cfg, data, model, epochs = session.cfg, session.data, session.model, session.cfg.train.epochs
-    results = evaluate_model(model, data, cfg)
+    results = evaluate_model(model, data, eval_settings(cfg))
     per_image = results.pop("per_image")
-    atomic_write(session.run_dir / "per_image.pt", lambda f: torch.save(per_image, f))
+    write_per_image(session.run_dir, per_image)
     if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
         for key in ("test_log_likelihood", "test_elbo", "train_bound"):
             results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
             results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
     for key in ("test_log_likelihood", "test_elbo", "train_bound"):
         writer.add_scalar(f"eval/{key}", results[key]["mean"], epochs)
-    results["active_units"] = log_to_tensorboard(writer, model, data, epochs, cfg.eval.memory_budget_mb,
-                                                 cfg.eval.test_subset).counts()
+    indices = data.test_subset(cfg.eval.test_subset)
+    images = data.test[indices.to(data.test.device)]
+    active = active_units(model, images, cfg.eval.memory_budget_mb, indices=indices, seed=cfg.seed)
+    results["active_units"] = active.counts()
+    with seeded_rng(cfg.seed, session.device):
+        log_to_tensorboard(writer, model, images, active, epochs)
     writer.add_hparams(_hparams(cfg), {f"hparam/{key}": results[key]["mean"]
                                        for key in ("test_log_likelihood", "test_elbo", "train_bound")},
                        run_name=".")
-    return results
+    return results, active
 
 
 def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) -> dict:

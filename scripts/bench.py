@@ -9,6 +9,8 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
 - evaluation: (images x importance samples)/s at K = 5000 and its fraction of the
   matmul rate, peak memory against the budget, and the projected time of the full
   10,000-image test set;
+- a summary per model: the projected minutes per 100 MNIST epochs and hours of the paper's budget
+  (its epochs, then the full test set at K = 5000), with the step, evaluation and matmul figures;
 - (eager) the time for K = 100, 1000, 5000 and for 1 to 5 layers;
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
@@ -51,11 +53,13 @@ from lvae.evaluate import evaluation_copy, fold_batchnorm, iw_log_likelihood  # 
 from lvae.models import HierarchicalVAE, build_model  # noqa: E402
 from lvae.objectives import log_importance_weights  # noqa: E402
 from lvae.provenance import describe_device  # noqa: E402
+from lvae.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES  # noqa: E402
 from lvae.train import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
 IMAGE_DIM = 784
-TEST_SET = 10_000
+TEST_SET = MNIST_TEST_IMAGES
+STEPS_PER_EPOCH = MNIST_TRAIN_IMAGES // BATCH  # the last partial batch is dropped
 
 
 def synchronize(device: torch.device) -> None:
@@ -273,6 +277,26 @@ def bench_naive(device: torch.device, n_images: int, budget_mb: int) -> dict:
             "naive": naive[0].mean().item(), "ours": ours[0].mean().item(), "stderr": stderr}
 
 
+def print_summary(training: dict, evaluation: dict) -> None:
+    """Per model: what a step and an evaluation cost, and what that makes of MNIST runs."""
+    paper = compose_config()  # the schema's defaults: the paper's budget
+    print(f"\nSummary, 5 layers, batch norm; MNIST ({MNIST_TRAIN_IMAGES:,} training images, batch {BATCH}: "
+          f"{STEPS_PER_EPOCH} steps per epoch; {TEST_SET:,} test images x K={paper.eval.iw_samples}), eager | compiled:")
+    for model_name in training:
+        steps, evals = training[model_name], evaluation[model_name]
+        train_rate, eval_rate = best_matmul_rate(*steps), best_matmul_rate(*evals)
+        per_100 = [100 * STEPS_PER_EPOCH * s["ms_per_step"] / 1000 / 60 for s in steps]
+        # The paper's budget runs as `auto` runs it at that size: training and evaluation compiled.
+        paper_hours = (paper.train.epochs * per_100[1] / 100 + evals[1]["full_test_minutes"]) / 60
+        print(f"  {model_name.upper():4s}  training   {steps[0]['ms_per_step']:6.1f} | {steps[1]['ms_per_step']:6.1f} ms/step "
+              f"({steps[0]['model_flops'] / train_rate:.0%} | {steps[1]['model_flops'] / train_rate:.0%} of matmul)  "
+              f"100 epochs {per_100[0]:.0f} | {per_100[1]:.0f} min  paper budget {paper_hours:.1f} h "
+              f"(compiled: {paper.train.epochs} epochs, then the full test set)")
+        print(f"        evaluation {evals[0]['pairs_per_s']:6,.0f} | {evals[1]['pairs_per_s']:6,.0f} pairs/s "
+              f"({evals[0]['model_flops'] / eval_rate:.0%} | {evals[1]['model_flops'] / eval_rate:.0%} of matmul)  "
+              f"full test set {evals[0]['full_test_minutes']:.1f} | {evals[1]['full_test_minutes']:.1f} min")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=DEVICES)
@@ -285,9 +309,11 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"lvae benchmark on {describe_device(device)}, torch {torch.__version__}\n")
 
+    training, evaluation = {}, {}
     print("Training, 5 layers, batch norm, batch 256 (the real training loop), eager | compiled:")
     for model_name in ("lvae", "vae"):
-        eager, fast = (bench_training(model_name, device, args.train_steps, c) for c in (False, True))
+        eager, fast = training[model_name] = tuple(bench_training(model_name, device, args.train_steps, c)
+                                                   for c in (False, True))
         rate = best_matmul_rate(eager, fast)
         print(f"  {model_name.upper():4s} {eager['ms_per_step']:6.2f} | {fast['ms_per_step']:6.2f} ms/step "
               f"(x{eager['ms_per_step'] / fast['ms_per_step']:.2f})  "
@@ -300,8 +326,8 @@ def main() -> None:
     print(f"\nEvaluation, K=5000, {args.eval_images} images, memory budget {args.memory_budget_mb} MB, "
           "eager | compiled:")
     for model_name in ("lvae", "vae"):
-        eager, fast = (bench_evaluation(model_name, device, args.eval_images, args.memory_budget_mb, c)
-                       for c in (False, True))
+        eager, fast = evaluation[model_name] = tuple(
+            bench_evaluation(model_name, device, args.eval_images, args.memory_budget_mb, c) for c in (False, True))
         rate = best_matmul_rate(eager, fast)
         print(f"  {model_name.upper():4s} {eager['pairs_per_s']:7.0f} | {fast['pairs_per_s']:7.0f} (image x sample)/s "
               f"(x{fast['pairs_per_s'] / eager['pairs_per_s']:.2f})  "
@@ -310,6 +336,8 @@ def main() -> None:
               f"{eager['peak_bytes'] / 2**20:.0f} | {fast['peak_bytes'] / 2**20:.0f} MB  full test set: "
               f"{eager['full_test_minutes']:.1f} | {fast['full_test_minutes']:.1f} min (projected)  "
               f"compile {fast['first_call_s'] - eager['first_call_s']:.0f} s")
+
+    print_summary(training, evaluation)
 
     if args.profile:
         for compiled in (False, True):

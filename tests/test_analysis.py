@@ -9,9 +9,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
+from lvae.data import ImageData
+from lvae.run_analysis import AnalysisSettings, RunToAnalyze, analyze
 from lvae.analyze import main
 from lvae.config import compose_config
-from lvae.data import ImageData
 from lvae.models import build_model
 from lvae.train import run
 
@@ -26,8 +27,8 @@ NO_INFORMATION_VARIANCE = 1e6  # an LVAE upward term this wide leaves q(z_1|.) =
 
 def set_units(head, inactive: set[int], inactive_variance: float, generator: torch.Generator) -> None:
     """Inactive units: mean 0, the given constant variance; the others: a strong random mean, small variance."""
-    active = torch.tensor([u not in inactive for u in range(head.mean.out_features)])
-    weight = 10.0 * torch.randn(head.mean.weight.shape, generator=generator) * active[:, None]
+    active = torch.tensor([u not in inactive for u in range(head.out_features)])
+    weight = 10.0 * torch.randn(head.out_features, head.linear.in_features, generator=generator) * active[:, None]
     variance = torch.where(active, INFORMATIVE_VARIANCE, inactive_variance)
     set_head(head, weight, torch.zeros(len(active)), variance)
 
@@ -95,9 +96,9 @@ def test_tensorboard_gets_sample_images_and_active_unit_scalars(tmp_path):
     images = torch.bernoulli(torch.full((32, 25), 0.5))  # 5 x 5 pixels: the grids need square images
     model = build_model(compose_config("model=vae", "layers=2", "model.hidden_sizes=[16,12]",
                                        "model.latent_sizes=[4,3]"), images.shape[1])
-    data = ImageData(images, torch.zeros(32), images, torch.zeros(32), binarize=True)
     with SummaryWriter(str(tmp_path)) as writer:
-        result = log_to_tensorboard(writer, model, data, step=3, memory_budget_mb=1, n_images=16)
+        result = active_units(model, images, memory_budget_mb=1)
+        log_to_tensorboard(writer, model, images, result, step=3, n_images=16)
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert {"samples", "reconstructions"} <= set(events.Tags()["images"])
@@ -118,7 +119,7 @@ def test_analysis_command_writes_every_figure_and_the_active_units(synthetic_mni
     main([str(d) for d in run_dirs] + ["--test-subset", "20", "--device", "cpu"])
 
     out = tmp_path / "analysis"  # beside the first run, for several runs
-    names = {"VAE+BN+WU1 L2": "VAE+BN+WU1_L2", "LVAE+BN+WU1 L3": "LVAE+BN+WU1_L3"}
+    names = {"VAE+BN+WU L2": "VAE+BN+WU_L2", "LVAE+BN+WU L3": "LVAE+BN+WU_L3"}
     figures = ["active_units.png", "pca.png", "kl_per_layer.png"]
     figures += [f"{kind}_{stem}.png" for stem in names.values() for kind in ("samples", "reconstructions")]
     for figure in figures:
@@ -132,7 +133,7 @@ def test_analysis_command_writes_every_figure_and_the_active_units(synthetic_mni
         assert all(0 <= count <= size for count, size in zip(result["kl"], result["layer_sizes"]))
         assert [len(units) for units in result["kl_per_unit"]] == result["layer_sizes"]
     table = capsys.readouterr().out
-    assert "| run | z1 | z2 | z3 |" in table and "| VAE+BN+WU1 L2 |" in table
+    assert "| run | z1 | z2 | z3 |" in table and "| VAE+BN+WU L2 |" in table
 
     main([str(run_dirs[0]), "--test-subset", "8", "--device", "cpu"])  # one run: into its own folder
     assert (run_dirs[0] / "pca.png").exists() and (run_dirs[0] / "analysis.json").exists()
@@ -149,3 +150,30 @@ def test_a_run_dir_without_a_usable_checkpoint_stops_with_one_line_naming_it(che
     error = capsys.readouterr().err.strip()
     assert "checkpoint.pt" in error and "\n" not in error
     assert checkpoint is not None or "config.yaml" not in error, "names only what is missing"
+
+
+def test_a_run_computes_its_active_units_once_and_its_record_agrees_with_itself(synthetic_mnist, tmp_path):
+    """metrics.json, the run's own analysis.json and a later `lvae.analyze` of the run give the same counts:
+    the analysis reuses the evaluation's active units, and re-analysing uses the run's seed."""
+    cfg = compose_config(f"data.root={synthetic_mnist}", "model=vae", "layers=2", "model.hidden_sizes=[32,16]",
+                         "model.latent_sizes=[8,4]", "train.epochs=1", "train.batch_size=32", "warmup_epochs=0",
+                         "eval.iw_samples=4", "eval.train_subset=16", "eval.test_subset=24", "seed=7",
+                         "device=cpu", "train.progress=false")
+    metrics = run(cfg, tmp_path / "run")
+    own = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    main([str(tmp_path / "run"), "--test-subset", "24", "--device", "cpu", "--out", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "analysis.json").read_text())
+    counts = {key: metrics["active_units"][key] for key in ("kl", "cov")}
+    for summary in (own, again):
+        (result,) = summary["runs"].values()
+        assert {key: result[key] for key in ("kl", "cov")} == counts and result["seed"] == 7
+
+
+def test_the_analysis_leaves_the_callers_random_state_as_it_was(tmp_path):
+    images = torch.bernoulli(torch.full((20, 25), 0.5))  # 5 x 5 pixels: the grids need square images
+    model = build_model(compose_config("model=lvae", "layers=2", "model.hidden_sizes=[16,12]",
+                                       "model.latent_sizes=[4,3]"), images.shape[1])
+    data = ImageData(images, torch.zeros(20), images, torch.zeros(20), binarize=True)
+    before = torch.get_rng_state()
+    analyze([RunToAnalyze("lvae", model.eval(), data, seed=3)], tmp_path, AnalysisSettings())
+    assert torch.equal(torch.get_rng_state(), before)

@@ -47,3 +47,35 @@ def test_a_run_without_per_image_estimates_is_refused(tmp_path):
                                                                "seed": 0}))
     with pytest.raises(SystemExit):
         main(["--a", str(tmp_path / "old"), "--b", str(tmp_path / "old")])
+
+
+def _run_with_indices(path, model: str, seed: int, values: torch.Tensor, indices: torch.Tensor):
+    _run(path, model, seed, values)
+    torch.save({"test_log_likelihood": values, "test_elbo": values - 5, "test_indices": indices},
+               path / "per_image.pt")
+    return path
+
+
+def test_runs_that_scored_other_test_images_are_not_paired(tmp_path, capsys):
+    """Same count, other images (another random sample, or an old first-N file beside a random sample):
+    refused with a message that says why; a smaller sample of the same order pairs on its images."""
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    order = torch.randperm(1000)[:50]
+    a = _run_with_indices(tmp_path / "a", "vae", 0, values, order)
+    b = _run_with_indices(tmp_path / "b", "lvae", 0, values + 1, order.flip(0))
+    old = _run(tmp_path / "old", "lvae", 0, values + 1)  # no test_indices: the first 50 test images
+    with pytest.raises(ValueError, match="did not score the same test images"):
+        paired(read_estimates(a), read_estimates(b), "test_log_likelihood")
+    with pytest.raises(SystemExit):
+        main(["--a", str(a), "--b", str(old)])
+    assert "no test-image indices" in capsys.readouterr().err
+    smaller = _run_with_indices(tmp_path / "c", "lvae", 0, values[:20] + 1, order[:20])
+    assert paired(read_estimates(a), read_estimates(smaller), "test_log_likelihood").images == 20
+
+
+def test_old_estimates_without_indices_are_taken_as_the_first_images_and_say_so(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a, b = _run(tmp_path / "a", "vae", 0, values), _run(tmp_path / "b", "lvae", 0, values + 1)
+    assert torch.equal(read_estimates(a).indices, torch.arange(50)) and read_estimates(a).indices_assumed
+    main(["--a", str(a), "--b", str(b)])
+    assert "without test-image indices: taken as the first test images" in capsys.readouterr().out

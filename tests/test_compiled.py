@@ -19,6 +19,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.evaluate import evaluate_model
 from lvae.models import build_model
+from lvae.run_config import eval_settings
 from lvae.train import training_forward
 
 from .helpers.elbo_cases import assert_unbiased, setup
@@ -95,7 +96,7 @@ def test_a_compiled_evaluation_matches_the_eager_one(device):
                              "train.progress=false", f"eval.compile={setting}")
         torch.manual_seed(5)
         with inductor_config.patch(fallback_random=True):
-            results[setting] = evaluate_model(model.eval(), data, cfg)
+            results[setting] = evaluate_model(model.eval(), data, eval_settings(cfg))
     eager, compiled_ = results["false"], results["true"]
     assert not eager["compiled"] and compiled_["compiled"]
     torch.testing.assert_close(compiled_["per_image"]["test_log_likelihood"],

@@ -20,6 +20,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.evaluate import evaluate_model
 from lvae.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
+from lvae.run_config import eval_settings
 
 from .helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup
 
@@ -74,7 +75,7 @@ def test_reported_numbers_match_the_closed_form(case, model_name, device):
     n = 4000
     cfg = compose_config("likelihood=gaussian", "data.binarize=false", "eval.iw_samples=1",
                          f"eval.train_subset={n}", "train.progress=false", "eval.memory_budget_mb=16")
-    results = evaluate_model(model, _repeated_image_data(x, n), cfg)
+    results = evaluate_model(model, _repeated_image_data(x, n), eval_settings(cfg))
 
     def check(mean: float, stderr: float, expected: torch.Tensor, what: str) -> None:
         assert abs(mean - expected.item()) <= Z * stderr + FLOAT_TOLERANCE, (what, mean, stderr, expected.item())

@@ -10,6 +10,8 @@ from torch import nn
 
 from lvae.evaluate import (
     BYTES_PER_FLOAT,
+    IMAGE_GROUP,
+    chunk_layout,
     chunk_shape,
     iw_estimates,
     iw_log_likelihood,
@@ -57,7 +59,8 @@ def _ppca_with_exact_posterior():
 def test_halves_count_every_sample_once_across_chunks():
     """With the exact posterior every weight equals p(x), so each half's log-sum is
     log(its number of samples) + log p(x): a sample counted twice, lost, or put in the
-    wrong half shows, also when sample chunks straddle the middle (3 samples per chunk, K = 7)."""
+    wrong half shows, also when sample chunks and blocks straddle the middle (blocks of 3
+    samples, one block per chunk, K = 7)."""
     torch.manual_seed(0)
     truth, model = _ppca_with_exact_posterior()
     x = truth.marginal().sample(torch.Size([5]))
@@ -65,7 +68,8 @@ def test_halves_count_every_sample_once_across_chunks():
     k, samples_per_chunk = 7, 3
     budget = samples_per_chunk * BYTES_PER_FLOAT * model.floats_per_sample() / 2**20
     assert chunk_shape(model, len(x), k, budget) == (1, samples_per_chunk)
-    halves = iw_log_likelihood_halves(model, x, k, budget)
+    assert chunk_layout(model, len(x), k, budget, sample_block=3) == (IMAGE_GROUP, samples_per_chunk)
+    halves = iw_log_likelihood_halves(model, x, k, budget, sample_block=3)
     torch.testing.assert_close(halves, torch.stack([exact + math.log(3), exact + math.log(4)]))
     estimate, remaining = iw_estimates(halves, k)
     torch.testing.assert_close(estimate, exact)

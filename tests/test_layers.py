@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lvae"
 LAYERS = {
     "face": ["__init__"],  # the package itself: lvae.load_run, lvae.iw_log_likelihood, the model classes
     "commands": ["cli", "analyze", "report", "reproduce", "compare", "sweep"],
-    "run": ["train", "checkpoint", "provenance", "finetune", "stored_run", "run_analysis", "summary"],
+    "run": ["train", "finetune", "stored_run", "run_analysis", "summary"],
+    # A run's folder, its record and what its config tells the core: below every command and the run.
+    "run record": ["run_record", "run_config", "checkpoint", "provenance"],
     "evaluation and analysis": ["evaluate", "analysis"],
     "model": ["models", "objectives", "distributions", "compiling"],
     "beside (configs and data)": ["config", "data"],

@@ -139,9 +139,10 @@ def test_head_batch_norm_normalises_every_mean_and_variance_map(name):
         return [m for m in model.modules() if isinstance(m, GaussianHead)]
 
     plain, normed = small_model(name, 3), small_model(name, 3, True, "model.head_batch_norm=true")
-    assert all(isinstance(h.mean, torch.nn.Linear) for h in heads(plain))
-    assert all(isinstance(h.mean[1], torch.nn.BatchNorm1d) and isinstance(h.var[1], torch.nn.BatchNorm1d)
-               for h in heads(normed))
+    assert all(isinstance(h.mean_and_var, torch.nn.Linear) for h in heads(plain))
+    norms = [h.mean_and_var[1] for h in heads(normed)]
+    assert all(isinstance(n, torch.nn.BatchNorm1d) for n in norms)
+    assert [n.num_features for n in norms] == [2 * h.out_features for h in heads(normed)], "means and variances"
     assert len(heads(normed)) == 3 + 2, "3 inference heads and 2 prior heads (Bernoulli output: no head)"
     no_bn = small_model(name, 3, False, "model.head_batch_norm=true")
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in no_bn.modules()), "only with batch_norm=true"
@@ -168,6 +169,6 @@ def test_glorot_init():
     first = model.upward[0].net[0]  # 784 -> 512, a hidden layer: gain sqrt(2)
     expected_std = math.sqrt(2.0) * math.sqrt(2.0 / (784 + 512))
     assert abs(first.weight.std().item() / expected_std - 1) < 0.02
-    head = model.upward_heads[0].mean  # 512 -> 64: gain 1
-    assert abs(head.weight.std().item() / math.sqrt(2.0 / (512 + 64)) - 1) < 0.05
+    for head_weight in model.upward_heads[0].linear.weight.split(64):  # mean and variance maps, each 512 -> 64: gain 1
+        assert abs(head_weight.std().item() / math.sqrt(2.0 / (512 + 64)) - 1) < 0.05
     assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, torch.nn.Linear))

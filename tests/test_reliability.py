@@ -89,10 +89,12 @@ def signal_at(monkeypatch):
 def test_stopped_at_any_step_resumes_bitwise_identical(two_epochs, signal_at, tmp_path, monkeypatch, step):
     cfg, reference = two_epochs
     signal_at(signal.SIGTERM, "training_bound", step)
-    with pytest.raises(RunInterrupted, match=f"stopped by SIGTERM at epoch {(step - 1) // STEPS_PER_EPOCH + 1}, "
-                                             f"step {step}; checkpoint written"):
+    complete = (step - 1) // STEPS_PER_EPOCH  # the message counts as metrics.json and the resume line do
+    with pytest.raises(RunInterrupted, match=f"stopped by SIGTERM at step {step}, {complete} complete epochs?; "
+                                             "checkpoint written"):
         run(cfg, tmp_path)
-    assert _status(tmp_path)["status"] == "interrupted" and _status(tmp_path)["step"] == step
+    assert _status(tmp_path)["status"] == "interrupted"
+    assert (_status(tmp_path)["step"], _status(tmp_path)["epoch"]) == (step, complete)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["training"]["step"] == step
     monkeypatch.undo()
     run(cfg, tmp_path)
@@ -109,7 +111,7 @@ def test_a_compiled_run_stopped_mid_epoch_resumes_bitwise_identical(two_epochs, 
     run(cfg, reference)
     assert _status(reference)["compiled"] == {"train_epochs": 2, "evaluation": False}
     signal_at(signal.SIGTERM, "kl_warmup_weight", 3)
-    with pytest.raises(RunInterrupted, match="at epoch 1, step 3; checkpoint written"):
+    with pytest.raises(RunInterrupted, match="at step 3, 0 complete epochs; checkpoint written"):
         run(cfg, tmp_path / "stopped")
     monkeypatch.undo()
     run(cfg, tmp_path / "stopped")
@@ -209,10 +211,10 @@ def _poison_step(monkeypatch, step: int) -> None:
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_mnist, tmp_path, monkeypatch):
     _poison_step(monkeypatch, 8)  # step 8 = epoch 2 (6 steps an epoch)
     cfg = compose_config(*TINY, f"data.root={synthetic_mnist}", "train.epochs=4", "train.checkpoint_every=1")
-    with pytest.raises(RunFailed, match=r"epoch 2, step 8 .*the last good checkpoint \(step 6, 1 complete epoch\)"):
+    with pytest.raises(RunFailed, match=r"step 8, in epoch 2 .*the last good checkpoint \(step 6, 1 complete epoch\)"):
         run(cfg, tmp_path)
     metrics = _status(tmp_path)
-    assert metrics["status"] == "failed" and "epoch 2, step 8" in metrics["reason"]
+    assert metrics["status"] == "failed" and "step 8, in epoch 2" in metrics["reason"]
     assert (metrics["failed_epoch"], metrics["failed_step"]) == (2, 8) and (metrics["epoch"], metrics["step"]) == (1, 6)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["training"]["epoch"] == 1
@@ -222,7 +224,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthe
 def test_non_finite_loss_before_any_checkpoint_says_there_is_none(synthetic_mnist, tmp_path, monkeypatch):
     _poison_step(monkeypatch, 2)
     cfg = compose_config(*TINY, f"data.root={synthetic_mnist}", "train.epochs=4", "train.checkpoint_every=1")
-    with pytest.raises(RunFailed, match="epoch 1, step 2 .*no checkpoint had been written yet") as error:
+    with pytest.raises(RunFailed, match="step 2, in epoch 1 .*no checkpoint had been written yet") as error:
         run(cfg, tmp_path)
     assert "last good checkpoint" not in str(error.value)
     metrics = _status(tmp_path)

@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
-from lvae.provenance import code_fingerprint
+from lvae.provenance import NUMERICS_VERSION
 from lvae.report import main
 from lvae.report.grid import build_grid
 from lvae.report.markdown import budget_summary, markdown_table
 from lvae.report.paper import paper_cell
-from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, find_runs
+from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, collect_runs, find_runs
 
 
 def _metrics(model: str, ll: float) -> dict:
@@ -18,7 +18,7 @@ def _metrics(model: str, ll: float) -> dict:
         "test_log_likelihood": {**bound, "iw_samples": 5000}, "test_elbo": {**bound, "mean": ll - 5},
         "train_bound": {**bound, "iw_samples": 1, "mc_samples": 1}, "kl_per_layer": [20.0, 3.0, 0.1, 0.0, 0.0],
         "wall_time_s": {"total": 100.0}, "device": "cpu (x86_64, 2 threads)", "date": "2026-11-24T03:00:00+00:00",
-        "code_fingerprint": code_fingerprint(),
+        "numerics_version": NUMERICS_VERSION,
     }
 
 
@@ -30,11 +30,11 @@ def test_table_lists_finished_failed_and_unfinished_runs(tmp_path, capsys):
     (tmp_path / "started").mkdir()
     (tmp_path / "started" / "config.yaml").write_text("layers: 5\n")
 
-    runs = find_runs([tmp_path])
-    assert [d.name for d, _ in runs] == ["lvae", "nan", "started", "vae"]
+    runs = collect_runs([tmp_path])
+    assert [r.run_dir.name for r in runs] == ["lvae", "nan", "started", "vae"]
     table = markdown_table(runs).splitlines()
     assert len(table) == 2 + 4
-    assert "| vae | VAE+BN+WU1 | 5 | 5 | -101.23 ± 0.50 | 5000 |  | 300 |" in table[-1]
+    assert "| vae | VAE+BN+WU | 5 | 5 | 1 | -101.23 ± 0.50 | 5000 |  | the first 300 (file order) |" in table[-1]
     assert "| nan | failed |" in table[3] and "| started | unfinished |" in table[4]
 
     main([str(tmp_path)])
@@ -52,8 +52,9 @@ def test_runs_scored_by_other_code_are_marked(tmp_path):
     as this code's result."""
     current = _metrics("lvae", -99.5)
     current["test_log_likelihood"]["remaining_gap"] = 0.123
-    runs = [(tmp_path / "new", current), (tmp_path / "old", {**_metrics("vae", -90.0), "code_fingerprint": "0" * 16}),
-            (tmp_path / "unknown", {**_metrics("vae", -90.0), "code_fingerprint": None})]
+    runs = [RunRecord(tmp_path / name, "completed", metrics, None) for name, metrics in [
+        ("new", current), ("old", {**_metrics("vae", -90.0), "numerics_version": 1}),
+        ("unknown", {k: v for k, v in _metrics("vae", -90.0).items() if k != "numerics_version"})]]
     table = markdown_table(runs).splitlines()
     assert table[2].startswith("| new | ") and "| 0.123 |" in table[2]
     assert table[3].startswith("| old † |") and table[4].startswith("| unknown † |")

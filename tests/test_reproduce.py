@@ -18,7 +18,7 @@ from lvae.checkpoint import CheckpointError, load_checkpoint
 from lvae.config import CONFIG_DIR, ConfigError, compose_config
 from lvae.finetune import learning_rate, load_initial_weights
 from lvae.models import build_model
-from lvae.provenance import code_fingerprint
+from lvae.provenance import NUMERICS_VERSION
 from lvae.report import main as report_main
 from lvae.report.paper import BUDGET_KEYS
 from lvae.report.runs import collect_runs
@@ -94,13 +94,14 @@ def test_quick_budget_is_estimated_within_the_hour(tmp_path):
     assert 45 * 60 <= estimate.total <= 55 * 60
 
 
-def test_complete_runs_of_other_code_are_counted_and_named(tmp_path):
-    """A stored result of other code is never taken silently: reproduce names it."""
+def test_complete_runs_of_another_numerics_version_are_counted_and_named(tmp_path):
+    """A stored result of another numerics version is never taken silently: reproduce names it."""
     jobs = sweep_jobs(["experiment=fig3", "budget=quick", "variant=vae", "layers=1,2", f"hydra.sweep.dir={tmp_path}"])
-    for job, fingerprint in zip(jobs, [code_fingerprint(), "0" * 16]):
+    for job, numerics_version in zip(jobs, [NUMERICS_VERSION, 1]):
         job.run_dir.mkdir(parents=True)
+        (job.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(job.config, resolve=True))
         (job.run_dir / "metrics.json").write_text(json.dumps(
-            {"status": "completed", "epochs": job.config.train.epochs, "code_fingerprint": fingerprint}))
+            {"status": "completed", "epochs": job.config.train.epochs, "numerics_version": numerics_version}))
     _, complete, other_code = estimate_jobs(jobs)
     assert complete == 2 and other_code == [jobs[1].run_dir]
     assert str(jobs[1].run_dir) in describe_other_code(other_code)
@@ -128,7 +129,7 @@ def _completed(cfg, ll: float, active_kl: list[int]) -> dict:
         "kl_per_layer": [10.0] * cfg.layers, "wall_time_s": {"total": 60.0},
         "active_units": {"layer_sizes": [64, 32][: cfg.layers], "kl": active_kl, "cov": [n - 1 for n in active_kl]},
         "device": "cpu (x86_64, 2 threads)", "date": "2026-11-24T05:00:00+00:00",
-        "command": "train.py -m experiment=fig3 budget=quick", "code_fingerprint": code_fingerprint(),
+        "command": "train.py -m experiment=fig3 budget=quick", "numerics_version": NUMERICS_VERSION,
     }
 
 

@@ -12,7 +12,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData, load_mnist
 from lvae.evaluate import iw_log_likelihood
 from lvae.models import build_model
-from lvae.provenance import code_fingerprint
+from lvae.provenance import NUMERICS_VERSION
 from lvae.train import run, train_model
 
 
@@ -81,7 +81,7 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     per_image = torch.load(run_dir / "per_image.pt", weights_only=True)
     assert per_image["test_log_likelihood"].shape == (32,)
     assert per_image["test_log_likelihood"].mean().item() == pytest.approx(ll["mean"])
-    assert metrics["code_fingerprint"] == code_fingerprint()
+    assert metrics["numerics_version"] == NUMERICS_VERSION
 
 
 def test_a_stored_result_of_other_code_is_returned_with_a_warning(synthetic_mnist, tmp_path, caplog):
@@ -92,12 +92,12 @@ def test_a_stored_result_of_other_code_is_returned_with_a_warning(synthetic_mnis
     run(cfg, run_dir)
     with caplog.at_level("WARNING"):
         run(cfg, run_dir)
-    assert "other code" not in caplog.text
+    assert "another numerics version" not in caplog.text
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "code_fingerprint": "0" * 16}))
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "numerics_version": 1}))
     with caplog.at_level("WARNING"):
-        assert run(cfg, run_dir)["code_fingerprint"] == "0" * 16, "kept, never recomputed silently"
-    assert "computed by other code than the installed one" in caplog.text
+        assert run(cfg, run_dir)["numerics_version"] == 1, "kept, never recomputed silently"
+    assert "computed by another numerics version than the installed one (1, now" in caplog.text
 
 
 def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, tmp_path):

@@ -22,12 +22,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from ..run_record import CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE
 from .markdown import budget_summary, markdown_table
 from .output import write_report
 from .runs import RunRecord, collect_runs
 
 # What `--publish` copies of each run: its numbers, config and per-image estimates, never checkpoints.
-PUBLISHED_FILES = ("metrics.json", "config.yaml", "per_image.pt")
+PUBLISHED_FILES = (METRICS_FILE, CONFIG_FILE, PER_IMAGE_FILE)
 
 
 def publish_runs(records: list[RunRecord], out_dir: Path) -> None:
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     records = collect_runs(args.dirs)
     if not records:
         parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
-    runs = [(r.run_dir, r.metrics) for r in records if r.status != "missing"]
-    print(markdown_table(runs))
+    print(markdown_table([r for r in records if r.status != "missing"]))
     print()
-    print(budget_summary([m for _, m in runs if m and m.get("status") == "completed"]))
+    print(budget_summary([r.metrics for r in records if r.completed]))
     if args.publish:
         publish_runs(records, args.publish)
     for path in write_report(records, args.publish or args.out or args.dirs[0]):

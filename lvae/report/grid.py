@@ -32,8 +32,7 @@ NOT_A_ROW_KEY = ("layers", "seed", "init_from", "budget_name")
 def row_label(setting: dict) -> str:
     """"LVAE+BN+WU"; ", omniglot" on other data than MNIST; "... + fine-tuning" for a run started from
     another; "(MC=10, IW=10)" for its training samples."""
-    label = variant_label(setting["model.name"], setting["batch_norm"], setting["warmup_epochs"],
-                          show_warmup_epochs=False)
+    label = variant_label(setting["model.name"], setting["batch_norm"], setting["warmup_epochs"])
     if setting.get("data.name", "mnist") != "mnist":
         label = f"{label}, {setting['data.name']}"
     if setting.get("init_from"):

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
-from ..summary import format_bound, variant_name
-from .grid import Grid, active_units_of, format_cell, mean_of, panel_titles
+from ..summary import describe_test_images, format_bound, variant_name
+from .grid import Grid, active_units_of, format_cell, mean_of, panel_titles, row_label
 from .paper import PAPER_NUMBERS, budget_deviations, paper_cell
 from .runs import OTHER_CODE_NOTE, RunRecord, code_mark
 
-def markdown_table(runs: list[tuple[Path, dict | None]]) -> str:
-    header = ("| run | variant | layers | epochs | test log p(x) | K | gap left at K | test images | test ELBO "
-              "| train bound | KL per layer | time (s) |")
+def markdown_table(records: list[RunRecord]) -> str:
+    """One line per run: its row label in the tables (a fine-tuned run as "... + fine-tuning"), its length and
+    warm-up, and every end-of-run number; a run without a result says its status."""
+    header = ("| run | variant | layers | epochs | warm-up | test log p(x) | K | gap left at K | test images "
+              "| test ELBO | train bound | KL per layer | time (s) |")
     columns = header.count("|") - 1
     lines = [header, "|" + "---|" * columns]
-    for run_dir, m in runs:
-        if m is None or m.get("status") != "completed":
-            status = "unfinished" if m is None else m.get("status", "unknown")
-            lines.append(f"| {run_dir.name} | {status} |" + " |" * (columns - 2))
+    for record in records:
+        m = record.metrics
+        if not record.completed:
+            lines.append(f"| {record.run_dir.name} | {record.status} |" + " |" * (columns - 2))
             continue
         ll = m["test_log_likelihood"]
         kl = " / ".join(f"{v:.1f}" for v in m["kl_per_layer"])
         gap = ll.get("remaining_gap")
+        variant = row_label(record.setting) if record.setting and "model.name" in record.setting else variant_name(m)
         lines.append(
-            f"| {run_dir.name}{code_mark(m)} | {variant_name(m)} | {m['layers']} | {m['epochs']} | {format_bound(ll)} "
-            f"| {ll['iw_samples']} | {'' if gap is None else f'{gap:.3f}'} | {ll['images']} "
-            f"| {format_bound(m['test_elbo'])} | {format_bound(m['train_bound'])} | {kl} | {m['wall_time_s']['total']:.0f} |"
+            f"| {record.run_dir.name}{code_mark(m)} | {variant} | {m['layers']} | {m['epochs']} | {m['warmup_epochs']} "
+            f"| {format_bound(ll)} | {ll['iw_samples']} | {'' if gap is None else f'{gap:.3f}'} "
+            f"| {describe_test_images(ll, noun='')} | {format_bound(m['test_elbo'])} | {format_bound(m['train_bound'])} "
+            f"| {kl} | {m['wall_time_s']['total']:.0f} |"
         )
-    if any(m and m.get("status") == "completed" and code_mark(m) for _, m in runs):
+    if any(r.completed and code_mark(r.metrics) for r in records):
         lines += ["", OTHER_CODE_NOTE]
     return "\n".join(lines)
 
@@ -47,7 +50,7 @@ def budget_summary(finished: list[dict]) -> str:
              else "a short budget, not the paper's 2000 epochs")
     return (f"Budget: {values(lambda m: m['epochs'])} epochs ({scale}); test log p(x) with "
             f"K={values(lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
-            f"{values(lambda m: m['test_log_likelihood']['images'])} test images. Measured on "
+            f"{values(lambda m: describe_test_images(m['test_log_likelihood']))}. Measured on "
             f"{values(lambda m: m['device'])}, {values(lambda m: m['date'][:10])}.")
 
 
@@ -113,6 +116,22 @@ def _bound_table(grid: Grid, header: list[str], quantity: str) -> list[str]:
                   lambda row: paper_cell(quantity, row, grid.layers))
 
 
+def _test_images_note(records: list[RunRecord]) -> list[str]:
+    """Says which test images the test bounds are means over, and, when they are not all of them, that the
+    paper's numbers are means over the whole test set, so a subset mean beside them is not comparable."""
+    entries = [r.metrics["test_log_likelihood"] for r in records if r.completed]
+    if not entries:
+        return []
+    described = ", ".join(sorted({describe_test_images(entry) for entry in entries}))
+    note = f"Test bounds: means over {described}."
+    if any(entry["images"] != entry.get("test_set_images") for entry in entries):
+        stderr = max(entry["stderr"] for entry in entries)
+        note += (" The paper's numbers are means over the whole test set: a mean over a subset can differ from the "
+                 f"full-set mean by its standard error (up to {stderr:.2f} nats here), and a first-N subset by more "
+                 "(MNIST's test set is ordered), so the test cells are not comparable with the paper column.")
+    return ["", note]
+
+
 def results_markdown(records: list[RunRecord], grid: Grid, title: str) -> str:
     """results.md: the header, a table per bound and one of active units, then every run."""
     layer_header = [f"{n} layer{'s' if n > 1 else ''}" for n in grid.layers]
@@ -128,7 +147,8 @@ def results_markdown(records: list[RunRecord], grid: Grid, title: str) -> str:
     lines += ["", "The paper column: " + ("; ".join(f"{row}, L={n}: {PAPER_NUMBERS[q, row, n][1]}"
                                                     for q, row, n in shown) or "no published number for these rows")
               + ". The paper gives no number for the other cells (Figure 3's curves are a plot), so they are blank."]
-    lines += ["", "## Runs", "", markdown_table([(r.run_dir, r.metrics) for r in records if r.status != "missing"])]
+    lines += _test_images_note(records)
+    lines += ["", "## Runs", "", markdown_table([r for r in records if r.status != "missing"])]
     stopped = [r for r in records if r.status in ("failed", "interrupted")]
     if stopped:
         lines += ["", "Stopped runs:"] + [f"- `{r.run_dir.name}`: {r.status}: {r.metrics.get('reason', '')}"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..data import DATASETS
 from .grid import QUANTITIES, Grid, active_units_of, build_grid, mean_and_std, mean_of, panel_titles
 from .markdown import results_markdown
-from .paper import PAPER_NUMBERS, budget_deviations
+from .paper import OTHER_ARCHITECTURE, PAPER_NUMBERS, budget_deviations
 from .runs import RunRecord
 
 def write_csv(grid: Grid, path: Path) -> None:
@@ -44,7 +45,7 @@ def plot_grid(grid: Grid, path: Path, title: str) -> None:
                 ax.errorbar([n for n, _ in points], [m for _, (m, _) in points], yerr=[s for _, (_, s) in points],
                             color=f"C{colour}", marker="o", capsize=4, linewidth=1.8, label=row)
             for n in grid.layers:
-                if (quantity, row, n) in PAPER_NUMBERS:
+                if (quantity, row, n) in PAPER_NUMBERS and (quantity, row, n) not in OTHER_ARCHITECTURE:
                     ax.plot(n, PAPER_NUMBERS[quantity, row, n][0], linestyle="none", marker="*", markersize=15,
                             color=f"C{colour}", markeredgecolor="black",
                             label="the paper's number, in its variant's colour")
@@ -61,9 +62,11 @@ def plot_grid(grid: Grid, path: Path, title: str) -> None:
 
 
 def report_title(records: list[RunRecord], out_dir: Path) -> str:
+    """"MNIST: fig3-quick (a short budget, not the paper's)", with the datasets of the runs."""
     settings = [r.setting for r in records if r.setting and "model.name" in r.setting]
     scale = "a short budget, not the paper's" if budget_deviations(settings) else "the paper's budget"
-    return f"MNIST: {out_dir.resolve().name} ({scale})"
+    names = sorted({s.get("data.name", "mnist") for s in settings}) or ["mnist"]
+    return f"{', '.join(DATASETS[name].title for name in names)}: {out_dir.resolve().name} ({scale})"
 
 
 def write_report(records: list[RunRecord], out_dir: Path) -> list[Path]:

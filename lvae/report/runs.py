@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import run_defining_values, schema_defaults
-from ..provenance import NUMERICS_MODULES, code_fingerprint, fingerprint_of
+from ..provenance import NUMERICS_VERSION, is_current_numerics
 from ..stored_run import read_config
 from ..sweep import Job, jobs_of_sweep_dir
 from .paper import BUDGET_KEYS
@@ -25,12 +26,27 @@ from .paper import BUDGET_KEYS
 log = logging.getLogger(__name__)
 
 
+def files_below(roots: list[Path], name: str) -> list[Path]:
+    """Every file called `name` below roots, following symlinked folders (a run linked into a
+    results folder is one of its runs); a folder reached twice (a link loop) is walked once."""
+    found, seen = [], set()
+    for root in roots:
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders[:] = []
+                continue
+            seen.add(real)
+            if name in files:
+                found.append(Path(folder) / name)
+    return sorted(found)
+
+
 def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
     """(run dir, metrics or None when unfinished) for every run below `roots`."""
     dirs = set()
-    for root in roots:
-        for marker in ("metrics.json", "config.yaml"):
-            dirs.update(p.parent for p in root.rglob(marker) if p.parent.name != ".hydra")
+    for marker in ("metrics.json", "config.yaml"):
+        dirs.update(p.parent for p in files_below(roots, marker) if p.parent.name != ".hydra")
     runs = []
     for run_dir in sorted(dirs):
         metrics_file = run_dir / "metrics.json"
@@ -40,14 +56,13 @@ def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
 
 
 def code_mark(metrics: dict) -> str:
-    """"" for a run scored by the estimators installed now; " †" for other or unknown code."""
-    return "" if fingerprint_of(metrics) == code_fingerprint() else " †"
+    """"" for a run scored by the numerics installed now; " †" for another numerics version."""
+    return "" if is_current_numerics(metrics) else " †"
 
 
-OTHER_CODE_NOTE = ("† scored by other code: the modules that define the numbers (lvae/"
-                   + ", lvae/".join(NUMERICS_MODULES) + ") differed from the installed ones, or the run "
-                   "does not say which code it ran. Its numbers are not those of this code: rerun it in a "
-                   "fresh directory to replace them.")
+OTHER_CODE_NOTE = (f"† scored by another numerics version than the installed one ({NUMERICS_VERSION}; see "
+                   "NUMERICS_VERSION in lvae/provenance.py for what changed): its numbers are not those of this "
+                   "code. Rerun it in a fresh directory to replace them.")
 
 
 @dataclass
@@ -84,7 +99,7 @@ def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -
 def expected_jobs(roots: list[Path]) -> dict[Path, Job]:
     """Resolved run folder -> job, for every job that a multirun.yaml below roots asks for."""
     expected = {}
-    for sweep_file in sorted(path for root in roots for path in root.rglob("multirun.yaml")):
+    for sweep_file in files_below(roots, "multirun.yaml"):
         try:
             expected.update({job.run_dir.resolve(): job for job in jobs_of_sweep_dir(sweep_file.parent)})
         except (HydraException, OmegaConfBaseException) as error:  # e.g. a preset that no longer exists

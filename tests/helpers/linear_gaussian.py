@@ -20,14 +20,16 @@ MIN_VARIANCE = 1e-6
 
 def set_head(head: GaussianHead, weight: torch.Tensor, bias: torch.Tensor, variance: torch.Tensor) -> None:
     """mean = weight @ input + bias, variance constant."""
+    mean_weight, var_weight = head.linear.weight.split(head.out_features)
+    mean_bias, var_bias = head.linear.bias.split(head.out_features)
     with torch.no_grad():
-        head.mean.weight.copy_(weight)
-        head.mean.bias.copy_(bias)
-        head.var.weight.zero_()
+        mean_weight.copy_(weight)
+        mean_bias.copy_(bias)
+        var_weight.zero_()
         # softplus^-1(v) = v + log(1 - exp(-v))
         target = variance - MIN_VARIANCE
-        head.var.bias.copy_(target + torch.log(-torch.expm1(-target)))
-        assert torch.allclose(F.softplus(head.var.bias) + MIN_VARIANCE, variance, rtol=1e-5)
+        var_bias.copy_(target + torch.log(-torch.expm1(-target)))
+        assert torch.allclose(F.softplus(var_bias) + MIN_VARIANCE, variance, rtol=1e-5)
 
 
 class LinearGaussian:

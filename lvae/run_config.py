@@ -1,0 +1,21 @@
+"""What a run's config tells the core: the evaluation settings (and nothing else of the Hydra tree).
+
+The core (models, objectives, evaluation, analysis) takes plain arguments; this module is
+where a run config becomes them, written once for the run, the commands and the tests.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from .evaluate import EvalSettings
+
+
+def eval_settings(cfg: DictConfig) -> EvalSettings:
+    """The evaluation a run config asks for: eval.*, the training objective's samples for the training-set
+    bound, the binarization seed of the training subset, and the run's seed for the noise."""
+    return EvalSettings(iw_samples=cfg.eval.iw_samples, test_subset=cfg.eval.test_subset,
+                        train_subset=cfg.eval.train_subset, train_iw_samples=cfg.train.iw_samples,
+                        train_mc_samples=cfg.train.mc_samples, binarization_seed=cfg.data.binarization_seed,
+                        seed=cfg.seed, memory_budget_mb=cfg.eval.memory_budget_mb, allow_tf32=cfg.eval.allow_tf32,
+                        compile=cfg.eval.compile, progress=cfg.train.progress)
