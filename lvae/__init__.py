@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from . import evaluate
 from .config import Config, ModelConfig
 from .models import BottomUpVAE, HierarchicalVAE, LadderVAE, build_model
+from .run_config import model_spec
 from .stored_run import TrainedRun, load_run
 
 __version__ = version("lvae")
@@ -39,4 +40,4 @@ def new_model(name: str = "lvae", data_dim: int = 784, **settings) -> Hierarchic
     What is not given has the run config's default (lvae/config.py), as `python train.py` would build it."""
     top_level = {key: settings.pop(key) for key in TOP_LEVEL_MODEL_KEYS if key in settings}
     cfg = OmegaConf.structured(Config(model=ModelConfig(name=name, **settings), **top_level))
-    return build_model(cfg, data_dim)
+    return build_model(model_spec(cfg), data_dim)

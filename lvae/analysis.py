@@ -94,9 +94,10 @@ def active_units(model: HierarchicalVAE, images: torch.Tensor, memory_budget_mb:
     KL criterion (the paper): the unit's KL term E_q[log q(z_u|.) - log p(z_u|z_{i+1})],
     estimated without bias by `StochasticLayer.kl_term_per_unit` (the analytic KL at the
     sampled parent for top-down inference and every top layer, eq. 7; log q - log p at the
-    joint sample for the bottom-up VAE's lower layers, eq. 8), averaged over the n_samples samples of each image and over the images; active when
-    > 0.01 nats. For the bottom-up VAE a lower layer's term is not a divergence of its
-    own and can be negative; the terms of all layers add up to KL(q(z|x) || p(z)).
+    joint sample for the bottom-up VAE's lower layers, eq. 8), averaged over the n_samples
+    samples of each image and over the images; active when > 0.01 nats. For the bottom-up
+    VAE a lower layer's term is not a divergence of its own and can be negative; the terms
+    of all layers add up to KL(q(z|x) || p(z)).
 
     Cov criterion (Burda et al.): the variance over images of E_q[z_u|x]; active when
     > 0.01. E_q[z_u|x] is estimated by `layer.q_mean` averaged over the n_samples

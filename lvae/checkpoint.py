@@ -83,15 +83,13 @@ def hold_run_dir(run_dir: Path) -> Iterator[RunDirHold]:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
         except OSError as error:  # a full disk: name the file, as every other failed write does
             raise OSError(error.errno, error.strerror, str(lock)) from None
-        try:
-            yield hold
-        finally:
-            if not hold.accepted and created:
-                lock.unlink(missing_ok=True)  # while still held: see _lock
-            else:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)  # released: the next reader finds no stale holder
+        yield hold
     finally:
+        if not hold.accepted and created:
+            lock.unlink(missing_ok=True)  # while still held: see _lock
+        else:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # released: the next reader finds no stale holder
         os.close(fd)  # closing releases the lock
         if not hold.accepted:
             remove_empty_folders(new_folders)

@@ -47,6 +47,7 @@ from .checkpoint import CheckpointError, RunDirBusy, folders_to_create, remove_e
 # and the console script, from any directory.
 from .config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
 from .data import DatasetError
+from .run_record import CHECKPOINT_FILE
 from .sweep import sweep_jobs
 from .train import RunFailed, RunInterrupted, run
 
@@ -73,8 +74,8 @@ def _train(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(cfg.resume) if cfg.resume else Path(hydra_cfg.runtime.output_dir)
-    if cfg.resume and not (run_dir / "checkpoint.pt").exists():
-        _refuse(f"resume={cfg.resume}: no checkpoint.pt in that directory.", EXIT_BAD_INPUT)
+    if cfg.resume and not (run_dir / CHECKPOINT_FILE).exists():
+        _refuse(f"resume={cfg.resume}: no {CHECKPOINT_FILE} in that directory.", EXIT_BAD_INPUT)
     try:
         metrics = run(cfg, run_dir, _launch_record(cfg))
     except RunInterrupted as stop:

@@ -14,7 +14,6 @@ and `set_learning_rate` (at the start of every epoch).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 from .config import ConfigError
 from .models import merge_separate_head_maps
+from .run_record import CHECKPOINT_FILE, is_complete, read_record, status_of
 
 
 def learning_rate(train_cfg: DictConfig, epoch: int) -> float:
@@ -44,15 +44,14 @@ def load_initial_weights(model: nn.Module, run_dir: Path) -> None:
     training would start from whatever its last checkpoint holds), CheckpointError when
     its checkpoint is unreadable or belongs to another architecture.
     """
-    metrics_path = run_dir / "metrics.json"
-    status = json.loads(metrics_path.read_text()).get("status") if metrics_path.exists() else None
-    if status != "completed":
-        found = "no run there" if status is None else f"that run is {status}"
+    record = read_record(run_dir)
+    if not is_complete(record):
+        found = "no run there" if record is None else f"that run is {status_of(record)}"
         raise ConfigError(f"init_from={run_dir}: {found}. Fine-tuning starts from a completed run: "
                           "run that one to the end first (see configs/experiment/table1.yaml).")
     device = next(model.parameters()).device
     # a run of an older lvae (separate mean and variance maps per Gaussian head) is converted
-    weights = merge_separate_head_maps(load_checkpoint(run_dir / "checkpoint.pt", device)["model"])
+    weights = merge_separate_head_maps(load_checkpoint(run_dir / CHECKPOINT_FILE, device)["model"])
     mismatch = state_dict_mismatch(model.state_dict(), weights)
     if mismatch:
         raise CheckpointError(f"init_from={run_dir}: its checkpoint does not fit this model ({mismatch}): "

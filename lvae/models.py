@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
@@ -400,22 +399,38 @@ def glorot_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_model(cfg: DictConfig, data_dim: int) -> HierarchicalVAE:
-    """The model a (validated) run config describes."""
-    layers = cfg.layers
-    hidden_sizes = list(cfg.model.hidden_sizes[:layers])
-    mirror = cfg.model.name == "vae" and cfg.model.vae_mirror_encoder_widths
-    model = MODELS[cfg.model.name](
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, besides the data's dimension: everything `build_model` needs. A run's config
+    says it (lvae.run_config.model_spec: model.*, layers, batch_norm, likelihood); its defaults live there."""
+
+    name: str  # "vae" (BottomUpVAE) or "lvae" (LadderVAE): a key of MODELS
+    latent_sizes: tuple[int, ...]  # z_1 (bottom) .. z_L: L stochastic layers
+    hidden_sizes: tuple[int, ...]  # the deterministic width of each layer, bottom first
+    mlp_depth: int  # hidden layers of each map d(y) = MLP(y)
+    batch_norm: bool  # on the MLPs' dense layers
+    likelihood: str  # "bernoulli" or "gaussian" p(x|z_1)
+    min_variance: float  # added to every softplus variance
+    head_batch_norm: bool  # batch norm also on the mean and variance maps (the authors' code)
+    vae_mirror_encoder_widths: bool  # the VAE's z_{i+1} -> z_i as wide as its z_i -> z_{i+1} (the authors' code)
+    init: str  # "pytorch" (torch.nn's defaults) or "glorot" (`glorot_init`)
+
+
+def build_model(spec: ModelSpec, data_dim: int) -> HierarchicalVAE:
+    """The model `spec` describes, for data of data_dim dimensions."""
+    hidden_sizes = list(spec.hidden_sizes)
+    mirror = spec.name == "vae" and spec.vae_mirror_encoder_widths
+    model = MODELS[spec.name](
         data_dim=data_dim,
-        latent_sizes=list(cfg.model.latent_sizes[:layers]),
+        latent_sizes=list(spec.latent_sizes),
         hidden_sizes=hidden_sizes,
-        depth=cfg.model.mlp_depth,
-        batch_norm=cfg.batch_norm,
-        likelihood=cfg.likelihood,
-        min_variance=cfg.model.min_variance,
-        head_batch_norm=cfg.model.head_batch_norm,
+        depth=spec.mlp_depth,
+        batch_norm=spec.batch_norm,
+        likelihood=spec.likelihood,
+        min_variance=spec.min_variance,
+        head_batch_norm=spec.head_batch_norm,
         prior_widths=hidden_sizes[1:] if mirror else None,  # z_{i+1} -> z_i as wide as z_i -> z_{i+1}
     )
-    if cfg.model.init == "glorot":
+    if spec.init == "glorot":
         glorot_init(model)
     return model

@@ -28,6 +28,7 @@ from torch import nn
 from .config import ConfigError, validate
 from .models import build_model
 from .provenance import is_current_numerics
+from .run_config import model_spec
 from .run_record import is_complete, is_complete_for, read_record
 from .report.output import write_report
 from .report.runs import collect_runs
@@ -67,7 +68,7 @@ def matmul_share(cfg: DictConfig) -> float:
     """The run's dense-layer weights (its matmul work per sample) as a share of the same model with 5 layers,
     on which the rates were measured."""
     def weights(layers: int) -> int:
-        model = build_model(OmegaConf.merge(cfg, {"layers": layers}), MNIST_PIXELS)
+        model = build_model(model_spec(OmegaConf.merge(cfg, {"layers": layers})), MNIST_PIXELS)
         return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     return weights(cfg.layers) / weights(5)
 
@@ -106,7 +107,8 @@ def describe_other_code(run_dirs: list[Path]) -> str:
     """A warning for complete runs whose numbers come from other code (never taken silently)."""
     listed = "\n".join(f"    {run_dir}" for run_dir in run_dirs)
     return (f"WARNING: {len(run_dirs)} of the complete runs were scored by another numerics version than the "
-            f"installed one (lvae/provenance.py, NUMERICS_VERSION). They are not trained again, and the report marks their numbers with †. "
+            f"installed one (lvae/provenance.py, NUMERICS_VERSION). They are not trained again, and the report "
+            f"marks their numbers with †. "
             f"To recompute them with this code, move their folders away first:\n{listed}")
 
 

@@ -1,4 +1,4 @@
-"""What a run's config tells the core: the evaluation settings (and nothing else of the Hydra tree).
+"""What a run's config tells the core: the model spec and the evaluation settings (nothing else of the Hydra tree).
 
 The core (models, objectives, evaluation, analysis) takes plain arguments; this module is
 where a run config becomes them, written once for the run, the commands and the tests.
@@ -9,6 +9,18 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from .evaluate import EvalSettings
+from .models import ModelSpec
+
+
+def model_spec(cfg: DictConfig) -> ModelSpec:
+    """The model a (validated) run config describes: the first `layers` of model.latent_sizes and
+    model.hidden_sizes, batch_norm, likelihood and the other model.* keys."""
+    m = cfg.model
+    return ModelSpec(name=str(m.name), latent_sizes=tuple(m.latent_sizes[:cfg.layers]),
+                     hidden_sizes=tuple(m.hidden_sizes[:cfg.layers]), mlp_depth=m.mlp_depth,
+                     batch_norm=cfg.batch_norm, likelihood=str(cfg.likelihood), min_variance=m.min_variance,
+                     head_batch_norm=m.head_batch_norm, vae_mirror_encoder_widths=m.vae_mirror_encoder_widths,
+                     init=str(m.init))
 
 
 def eval_settings(cfg: DictConfig) -> EvalSettings:

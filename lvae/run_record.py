@@ -62,7 +62,8 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def write_per_image(run_dir: Path, per_image: dict[str, torch.Tensor]) -> None:
-    """per_image.pt: each evaluated test image's estimates ((N,) float64) and `test_indices`, its index in the test set."""
+    """per_image.pt: each evaluated test image's estimates ((N,) float64) and `test_indices`, the images'
+    indices in the test set."""
     atomic_write(run_dir / PER_IMAGE_FILE, lambda f: torch.save(per_image, f))
 
 

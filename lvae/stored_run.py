@@ -17,6 +17,7 @@ from .checkpoint import load_checkpoint
 from .config import resolve_device
 from .data import ImageData, load_dataset
 from .models import HierarchicalVAE, build_model, merge_separate_head_maps
+from .run_config import model_spec
 from .run_record import CHECKPOINT_FILE, CONFIG_FILE, read_config, read_record
 
 REQUIRED_FILES = (CONFIG_FILE, CHECKPOINT_FILE)
@@ -35,14 +36,12 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: not a finished run directory of lvae.train")
 
 
-read_metrics = read_record  # TEMPORARY while train.py is being edited; removed at integration
-
 
 def trained_model(cfg: DictConfig, weights: dict, data_dim: int, device: torch.device) -> HierarchicalVAE:
     """The model `cfg` describes with a checkpoint's weights, in eval mode: its batch norm uses the
     stored statistics (at the end of a run, those of the evaluation). Weights of an older lvae, whose
     Gaussian heads had separate mean and variance maps, are merged into this code's layout."""
-    model = build_model(cfg, data_dim).to(device)
+    model = build_model(model_spec(cfg), data_dim).to(device)
     model.load_state_dict(merge_separate_head_maps(weights))
     return model.eval()
 

@@ -44,9 +44,8 @@ from tqdm.auto import tqdm
 from .analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
 from .checkpoint import (
     CheckpointError,
-    atomic_write,
-    capture_rng_state,
     RunDirHold,
+    capture_rng_state,
     hold_run_dir,
     load_checkpoint,
     open_run_logs,
@@ -54,26 +53,23 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
     state_dict_mismatch,
-    write_json,
     write_text,
 )
 from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from .config import ConfigError, config_to_dict, resolve_device, run_differences, schema_defaults, validate
+from .config import ConfigError, config_to_dict, evaluation_settings, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics
 from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model, has_separate_head_maps
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
-from .run_config import eval_settings
-from .run_record import write_per_image
+from .run_config import eval_settings, model_spec
+from .run_record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
+                         read_config, read_record, write_per_image, write_record)
 from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
-from .stored_run import read_config, read_metrics
 from .summary import format_run
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class RunFailed(RuntimeError):
@@ -360,32 +356,13 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
     return state
 
 
-def _finished_metrics(run_dir: Path, cfg: DictConfig) -> Optional[dict]:
-    """The stored metrics when run_dir holds this very run (training and evaluation) completed."""
-    metrics, stored_cfg = read_metrics(run_dir), read_config(run_dir)
-    if metrics is None or stored_cfg is None:
-        return None
-    stored = config_to_dict(stored_cfg)
-    same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
-            and _evaluation_settings(stored["eval"]) == _evaluation_settings(config_to_dict(cfg.eval)))
-    return metrics if same and metrics.get("status") == "completed" else None
-
-
-def _evaluation_settings(stored_eval: dict) -> dict:
-    """eval.* of a config as a finished run's numbers depend on it: a key that a stored config lacks
-    (added to the schema later) has its default; compiled or not is how, not what, it computes."""
-    settings = {**schema_defaults()["eval"], **stored_eval}
-    settings.pop("compile")
-    return settings
-
-
-def _record_status(run_dir: Path, status: str, **fields) -> str:
+def _record_status(run_dir: Path, status: Status, **fields) -> str:
     """metrics.json's status on the way out of a run: '' once written, else why not (a full disk),
     for the message of the error that stopped the run; failing to write it must not hide that."""
     try:
-        write_json(run_dir / "metrics.json", {"status": status, **fields})
+        write_record(run_dir, {"status": status.value, **fields})
     except OSError as error:
-        return f" (the status {status!r} could not be recorded in {error.filename}: {error.strerror})"
+        return f" (the status {status.value!r} could not be recorded in {error.filename}: {error.strerror})"
     return ""
 
 
@@ -404,11 +381,11 @@ class _Session:
     checkpointed: Optional[tuple[int, int]] = None  # (epochs, steps) of the checkpoint on disk, if any
 
     def save(self, state: TrainingState, rng: Optional[dict] = None) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, model=self.model.state_dict(),
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), training=state.to_checkpoint(),
                         rng=rng or capture_rng_state(), config=config_to_dict(self.cfg))
         self.checkpointed = (state.epoch, state.step)
-        write_json(self.run_dir / "metrics.json", {"status": "running", **self.position()})
+        write_record(self.run_dir, {"status": Status.running.value, **self.position()})
 
     def position(self) -> dict:
         """Where a rerun resumes: the epochs and steps of the checkpoint on disk."""
@@ -430,11 +407,11 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
     """
     validate(cfg)
     with hold_run_dir(run_dir) as hold, StopRequest().catching_signals() as stop:
-        checkpoint_path = run_dir / CHECKPOINT
+        checkpoint_path = run_dir / CHECKPOINT_FILE
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
         if checkpoint is None:
             _refuse_to_replace_a_record(run_dir, cfg)
-        finished = _finished_metrics(run_dir, cfg) if checkpoint is not None else None
+        finished = is_complete_for(run_dir, cfg) if checkpoint is not None else None
         if finished is not None:
             return _already_complete(cfg, run_dir, finished, stop)
         session = _set_up(cfg, run_dir, checkpoint)
@@ -446,20 +423,20 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
                 results, active = _evaluate(session, writer)
             metrics = _write_metrics(session, results, time.perf_counter() - started)
         except RunInterrupted as error:
-            unrecorded = _record_status(run_dir, "interrupted", reason=str(error), **session.position())
+            unrecorded = _record_status(run_dir, Status.interrupted, reason=str(error), **session.position())
             raise RunInterrupted(error.signum, f"{error}{unrecorded}") from None
         except RunFailed as error:
             reason = f"{error}; {session.kept_checkpoint()}"
-            unrecorded = _record_status(run_dir, "failed", reason=reason, failed_epoch=error.epoch,
+            unrecorded = _record_status(run_dir, Status.failed, reason=reason, failed_epoch=error.epoch,
                                         failed_step=error.step, **session.position())
             raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
         except OSError as error:  # a full disk: every write names its file (lvae.checkpoint.atomic_write)
             reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
-            unrecorded = _record_status(run_dir, "failed", reason=reason, **session.position())
+            unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
             raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
         except Exception as error:
             reason = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
-            unrecorded = _record_status(run_dir, "failed", reason=reason, **session.position())
+            unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
             if unrecorded:
                 log.error("%s", unrecorded.strip(" ()"))
             raise
@@ -476,12 +453,11 @@ def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
     finished run whose checkpoint was deleted, a copied run folder. Training there replaces that
     record, so it must be the record of this very run (a completed one: with the same epochs and
     evaluation too); otherwise the launch is refused before anything is written."""
-    stored_cfg, metrics = read_config(run_dir), read_metrics(run_dir)
-    completed = metrics is not None and metrics.get("status") == "completed"
+    stored_cfg, completed = read_config(run_dir), is_complete(read_record(run_dir))
     if stored_cfg is None:
         if completed:
             raise ConfigError(f"{run_dir} holds the metrics.json of a completed run but no config.yaml and no "
-                              f"{CHECKPOINT}: refusing to replace that record. Move it away, or use another run "
+                              f"{CHECKPOINT_FILE}: refusing to replace that record. Move it away, or use another run "
                               "directory (other overrides or hydra.run.dir=...).")
         return
     stored = config_to_dict(stored_cfg)
@@ -489,19 +465,19 @@ def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
     if completed:
         if stored["train"]["epochs"] != cfg.train.epochs:
             differences.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r}")
-        stored_eval, now_eval = _evaluation_settings(stored["eval"]), _evaluation_settings(config_to_dict(cfg.eval))
+        stored_eval, now_eval = evaluation_settings(stored["eval"]), evaluation_settings(config_to_dict(cfg.eval))
         differences += [f"eval.{key}: {stored_eval.get(key)!r} -> {now_eval.get(key)!r}"
                         for key in sorted(stored_eval.keys() | now_eval.keys()) if stored_eval.get(key) != now_eval.get(key)]
     if differences:
         what = "completed run" if completed else "run"
         raise ConfigError(f"{run_dir} holds the record of another {what} (its config.yaml{', metrics.json' * completed}) "
-                          f"but no {CHECKPOINT}; refusing to replace it with a run whose config differs in: "
+                          f"but no {CHECKPOINT_FILE}; refusing to replace it with a run whose config differs in: "
                           f"{'; '.join(differences)}. Use another run directory (other overrides or "
                           "hydra.run.dir=...), or the original config.")
 
 
 def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopRequest) -> dict:
-    if cfg.eval.analyze and not (run_dir / "analysis.json").exists():  # a run stopped during its analysis
+    if cfg.eval.analyze and not (run_dir / ANALYSIS_FILE).exists():  # a run stopped during its analysis
         stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
         analyze_runs([run_dir], run_dir, _analysis_settings(cfg), resolve_device(cfg.device))
     log.info("run already complete in %s\n%s", run_dir, format_run(metrics))
@@ -525,12 +501,12 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
     origin = provenance(device)
     data = load_dataset(cfg.data, device)
     data.test_subset(cfg.eval.test_subset)  # refuses a subset larger than the test set now, not after training
-    model = build_model(cfg, data.dim).to(device)
+    model = build_model(model_spec(cfg), data.dim).to(device)
     tc = cfg.train
     optimizer = new_optimizer(model, tc)
     session = _Session(cfg, run_dir, device, origin, data, model, optimizer, TrainingState())
     if checkpoint is not None:
-        session.state = _restore(checkpoint, cfg, run_dir / CHECKPOINT, model, optimizer)
+        session.state = _restore(checkpoint, cfg, run_dir / CHECKPOINT_FILE, model, optimizer)
         session.checkpointed = (session.state.epoch, session.state.step)
         log.info("resuming %s at %s", run_dir, describe_position(session.state.epoch, session.state.step))
     elif cfg.init_from:
@@ -545,7 +521,7 @@ def _accept(session: _Session, hold: RunDirHold, record_files: dict[str, str]) -
     hold.accepted = True
     open_run_logs()
     remove_stale_temporaries(session.run_dir)  # the lock is ours: no other write is in progress
-    write_text(session.run_dir / "config.yaml", OmegaConf.to_yaml(session.cfg, resolve=True))
+    write_text(session.run_dir / CONFIG_FILE, OmegaConf.to_yaml(session.cfg, resolve=True))
     for name, text in record_files.items():
         path = session.run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -602,7 +578,7 @@ def _evaluate(session: _Session, writer: SummaryWriter) -> tuple[dict, ActiveUni
 def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) -> dict:
     cfg, state = session.cfg, session.state
     metrics = {
-        "status": "completed",
+        "status": Status.completed.value,
         "model": cfg.model.name,
         "layers": cfg.layers,
         "batch_norm": cfg.batch_norm,
@@ -621,7 +597,7 @@ def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) ->
         **session.origin,
         "history": state.history,
     }
-    write_json(session.run_dir / "metrics.json", metrics)
+    write_record(session.run_dir, metrics)
     return metrics
 
 

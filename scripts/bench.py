@@ -54,6 +54,7 @@ from lvae.models import HierarchicalVAE, build_model  # noqa: E402
 from lvae.objectives import log_importance_weights  # noqa: E402
 from lvae.provenance import describe_device  # noqa: E402
 from lvae.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES  # noqa: E402
+from lvae.run_config import model_spec  # noqa: E402
 from lvae.train import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
@@ -130,7 +131,7 @@ PAPER = Size()
 
 def paper_model(name: str, layers: int, device: torch.device, size: Size = PAPER) -> HierarchicalVAE:
     cfg = compose_config(f"model={name}", f"layers={layers}", "batch_norm=true", *size.overrides)
-    return build_model(cfg, IMAGE_DIM).to(device)
+    return build_model(model_spec(cfg), IMAGE_DIM).to(device)
 
 
 def evaluation_model(name: str, layers: int, device: torch.device, compiled: bool = False,

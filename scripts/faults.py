@@ -54,7 +54,7 @@ def first_message(output: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
     for line in lines:
         match = LOG_PREFIX.match(line)
-        if match and (match.group(1) == "ERROR" or "stopped by" in line or "received" in line):
+        if match and (match.group(1) == "ERROR" or "stopped by" in line):
             return line[match.end():]
     plain = [line for line in lines if not LOG_PREFIX.match(line)]
     return (plain or lines or ["(no output)"])[0]
@@ -127,6 +127,9 @@ def main() -> None:
     diverged = out / "diverged"
     code, output = launch(train_command("train.lr=1e4", "train.epochs=4", f"hydra.run.dir={diverged}"))
     row("2 train.lr=1e4 train.epochs=4", code, output, status_of(diverged))
+    diverged = out / "diverged_finite"  # a learning rate at which the bound stays finite but absurd
+    code, output = launch(train_command("train.lr=10", "train.epochs=4", f"hydra.run.dir={diverged}"))
+    row("2 train.lr=10 train.epochs=4", code, output, status_of(diverged))
 
     # 3. A full disk: after the final checkpoint (room for it, not for per_image.pt), and of 16 kB at the start.
     checkpoint_pages = -(-(reference / "checkpoint.pt").stat().st_size // 4096) * 4096
@@ -195,8 +198,9 @@ def main() -> None:
     sent = time.time()
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate()
+    said = "acknowledged at once" if "SIGTERM received" in output else "NOT ACKNOWLEDGED"
     row("9 SIGTERM while torch.compile compiles", process.returncode, output,
-        f"stopped {time.time() - sent:.0f} s after the signal; {status_of(compiling)}")
+        f"{said}, stopped {time.time() - sent:.0f} s after the signal; {status_of(compiling)}")
 
     # 9. A report over a folder that links a run in.
     linked = out / "results"

@@ -22,7 +22,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from ..run_record import CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE
+from ..run_record import CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE, Status
 from .markdown import budget_summary, markdown_table
 from .output import write_report
 from .runs import RunRecord, collect_runs
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     records = collect_runs(args.dirs)
     if not records:
         parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
-    print(markdown_table([r for r in records if r.status != "missing"]))
+    print(markdown_table([r for r in records if r.status != Status.missing]))
     print()
     print(budget_summary([r.metrics for r in records if r.completed]))
     if args.publish:

@@ -7,6 +7,7 @@ import datetime
 from collections import Counter
 from typing import Any, Callable
 
+from ..run_record import Status
 from ..summary import describe_test_images, format_bound, variant_name
 from .grid import Grid, active_units_of, format_cell, mean_of, panel_titles, row_label
 from .paper import PAPER_NUMBERS, budget_deviations, paper_cell
@@ -148,12 +149,12 @@ def results_markdown(records: list[RunRecord], grid: Grid, title: str) -> str:
                                                     for q, row, n in shown) or "no published number for these rows")
               + ". The paper gives no number for the other cells (Figure 3's curves are a plot), so they are blank."]
     lines += _test_images_note(records)
-    lines += ["", "## Runs", "", markdown_table([r for r in records if r.status != "missing"])]
-    stopped = [r for r in records if r.status in ("failed", "interrupted")]
+    lines += ["", "## Runs", "", markdown_table([r for r in records if r.status != Status.missing])]
+    stopped = [r for r in records if r.status in (Status.failed, Status.interrupted)]
     if stopped:
         lines += ["", "Stopped runs:"] + [f"- `{r.run_dir.name}`: {r.status}: {r.metrics.get('reason', '')}"
                                           for r in stopped]
-    missing = [r for r in records if r.status == "missing"]
+    missing = [r for r in records if r.status == Status.missing]
     if missing:
         lines += ["", "Missing runs (expected by multirun.yaml, no folder; run the sweep's command again):"]
         lines += [f"- `{r.run_dir}`" for r in missing]

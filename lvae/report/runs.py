@@ -7,7 +7,6 @@ but that has no folder is "missing": nothing is dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import run_defining_values, schema_defaults
 from ..provenance import NUMERICS_VERSION, is_current_numerics
+from ..run_record import CONFIG_FILE, METRICS_FILE, Status, read_record
 from ..stored_run import read_config
 from ..sweep import Job, jobs_of_sweep_dir
 from .paper import BUDGET_KEYS
@@ -45,13 +45,11 @@ def files_below(roots: list[Path], name: str) -> list[Path]:
 def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
     """(run dir, metrics or None when unfinished) for every run below `roots`."""
     dirs = set()
-    for marker in ("metrics.json", "config.yaml"):
+    for marker in (METRICS_FILE, CONFIG_FILE):
         dirs.update(p.parent for p in files_below(roots, marker) if p.parent.name != ".hydra")
     runs = []
     for run_dir in sorted(dirs):
-        metrics_file = run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-        runs.append((run_dir, metrics))
+        runs.append((run_dir, read_record(run_dir)))
     return runs
 
 
@@ -76,7 +74,7 @@ class RunRecord:
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.status == Status.completed
 
 
 def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -> dict | None:

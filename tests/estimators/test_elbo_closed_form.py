@@ -22,7 +22,7 @@ from lvae.evaluate import evaluate_model
 from lvae.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 from lvae.run_config import eval_settings
 
-from .helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup
+from ..helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup
 
 
 @pytest.mark.parametrize("model_name", MODELS)

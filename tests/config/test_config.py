@@ -12,7 +12,7 @@ from lvae.config import ConfigError, DatasetName, ModelName, compose_config, con
 from lvae.data import DATASETS
 from lvae.models import MODELS
 
-from .helpers import REPO
+from ..helpers import REPO
 
 
 def test_default_config_is_valid_and_matches_the_paper():

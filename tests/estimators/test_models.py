@@ -9,6 +9,7 @@ from lvae.config import compose_config
 from lvae.distributions import precision_weighted_merge
 from lvae.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
 from lvae.objectives import training_bound
+from lvae.run_config import model_spec
 
 
 D, B, S = 20, 8, 3
@@ -17,7 +18,7 @@ D, B, S = 20, 8, 3
 def small_model(name: str, layers: int, batch_norm: bool = True, *overrides: str):
     cfg = compose_config(f"model={name}", f"layers={layers}", f"batch_norm={batch_norm}",
                          "model.hidden_sizes=[16,12,10,8,6]", "model.latent_sizes=[6,5,4,3,2]", *overrides)
-    return build_model(cfg, D)
+    return build_model(model_spec(cfg), D)
 
 
 @pytest.mark.parametrize("name", ["vae", "lvae"])
@@ -92,13 +93,13 @@ def test_gradients_are_finite_and_reach_every_parameter(name, batch_norm, device
 
 def test_paper_layer_sizes():
     cfg = compose_config("model=lvae", "layers=5")
-    model = build_model(cfg, 784)
+    model = build_model(model_spec(cfg), 784)
     assert isinstance(model, LadderVAE) and model.latent_sizes == [64, 32, 16, 8, 4]
     assert [m.out_features for m in model.upward] == [512, 256, 128, 64, 32]
     widths = [lin.out_features for lin in model.upward[0].net if isinstance(lin, torch.nn.Linear)]
     assert widths == [512, 512], "two hidden layers per deterministic map"
     cfg = compose_config("model=vae", "layers=2", "batch_norm=false")
-    model = build_model(cfg, 784)
+    model = build_model(model_spec(cfg), 784)
     assert isinstance(model, BottomUpVAE) and model.latent_sizes == [64, 32]
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
 
@@ -165,7 +166,7 @@ def test_vae_prior_widths_can_mirror_the_encoder():
 def test_glorot_init():
     torch.manual_seed(0)
     cfg = compose_config("model=lvae", "layers=2", "model.init=glorot")
-    model = build_model(cfg, 784)
+    model = build_model(model_spec(cfg), 784)
     first = model.upward[0].net[0]  # 784 -> 512, a hidden layer: gain sqrt(2)
     expected_std = math.sqrt(2.0) * math.sqrt(2.0 / (784 + 512))
     assert abs(first.weight.std().item() / expected_std - 1) < 0.02

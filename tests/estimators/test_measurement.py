@@ -12,6 +12,7 @@ from lvae.data import ImageData, SubsetError, fixed_permutation, load_mnist
 from lvae.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
 from lvae.models import build_model
 from lvae.run_config import eval_settings
+from lvae.run_config import model_spec
 from lvae.summary import describe_test_images
 
 D = 20
@@ -47,7 +48,7 @@ def test_evaluation_is_the_same_at_every_memory_budget(name):
     one that holds everything give bitwise the same numbers (on the CPU)."""
     torch.manual_seed(0)
     data = _data()
-    model = build_model(_cfg(name), D).eval()
+    model = build_model(model_spec(_cfg(name)), D).eval()
     budgets = (0.01, 40, 512)
     layouts = [chunk_layout(model, 40, 600, b) for b in budgets] + [chunk_layout(model, 40, 1, b) for b in budgets]
     (tiny, middle, large), (tiny_1, middle_1, _) = layouts[:3], layouts[3:]
@@ -72,7 +73,7 @@ def test_an_images_estimate_does_not_depend_on_the_images_beside_it():
     """Image 7 scored alone, after 20 others, or among another set (same index): bitwise the same."""
     torch.manual_seed(0)
     data = _data()
-    model = build_model(_cfg("lvae"), D).eval()
+    model = build_model(model_spec(_cfg("lvae")), D).eval()
     images, indices = data.test[:21], torch.arange(21)
     together = iw_log_likelihood(model, images, 50, 512, indices=indices, seed=3)
     alone = iw_log_likelihood(model, images[7:8], 50, 512, indices=indices[7:8], seed=3)
@@ -113,7 +114,7 @@ def test_per_image_estimates_name_their_images_and_a_larger_subset_extends_a_sma
     8-image evaluation the very same values (noise chosen by the image, not by its position)."""
     torch.manual_seed(0)
     data = _data()
-    model = build_model(_cfg("lvae"), D).eval()
+    model = build_model(model_spec(_cfg("lvae")), D).eval()
     few, more = (evaluate_model(model, data, eval_settings(_cfg("lvae", f"eval.test_subset={n}",
                                                                 "eval.iw_samples=20"))) for n in (8, 20))
     assert torch.equal(few["per_image"]["test_indices"], data.test_subset(8))

@@ -23,18 +23,19 @@ from lvae.report import main as report_main
 from lvae.report.paper import BUDGET_KEYS
 from lvae.report.runs import collect_runs
 from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce_main
+from lvae.run_config import model_spec
 from lvae.sweep import expand_overrides, sweep_jobs
 from lvae.train import run
 
-from .helpers import REPO
-from .helpers.datasets import write_synthetic_mnist
+from ..helpers import REPO
+from ..helpers.datasets import write_synthetic_mnist
 
 # (model, batch norm, warm-up on) of Figure 3's variants
 FIG3_VARIANTS = {"vae": ("vae", False, False), "vae_bn": ("vae", True, False),
                  "vae_bn_wu": ("vae", True, True), "lvae_bn_wu": ("lvae", True, True)}
 # A model small enough that a run on the synthetic set takes a fraction of a second.
 TINY = ["model.hidden_sizes=[32,16,8,8,8]", "model.latent_sizes=[4,2,2,2,2]", "train.batch_size=16",
-        "train.epochs=1", "eval.iw_samples=8", "eval.train_subset=32", "eval.analyze=false",
+        "train.epochs=1", "eval.iw_samples=8", "eval.test_subset=16", "eval.train_subset=32", "eval.analyze=false",
         "device=cpu", "train.progress=false"]
 
 
@@ -254,13 +255,13 @@ def _base_run(synthetic_mnist: Path, run_dir: Path, *overrides: str):
 
 def test_initial_weights_come_from_a_completed_run_of_the_same_architecture(synthetic_mnist, tmp_path):
     cfg = _base_run(synthetic_mnist, tmp_path / "base")
-    model = build_model(cfg, 784)
+    model = build_model(model_spec(cfg), 784)
     load_initial_weights(model, tmp_path / "base")
     saved = load_checkpoint(tmp_path / "base" / "checkpoint.pt")["model"]
     assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
 
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        load_initial_weights(build_model(OmegaConf.merge(cfg, {"layers": 1}), 784), tmp_path / "base")
+        load_initial_weights(build_model(model_spec(OmegaConf.merge(cfg, {"layers": 1})), 784), tmp_path / "base")
     with pytest.raises(ConfigError, match="no run there"):
         load_initial_weights(model, tmp_path / "nothing")
     (tmp_path / "base" / "metrics.json").write_text(json.dumps({"status": "running", "epoch": 1}))

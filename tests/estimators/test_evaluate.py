@@ -20,7 +20,7 @@ from lvae.evaluate import (
 )
 from lvae.models import BottomUpVAE
 
-from .helpers.linear_gaussian import LinearGaussian, set_head
+from ..helpers.linear_gaussian import LinearGaussian, set_head
 from .test_models import small_model
 
 

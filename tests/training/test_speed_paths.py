@@ -13,6 +13,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
                          merge_separate_head_maps)
+from lvae.run_config import model_spec
 from lvae.stored_run import trained_model
 from lvae.train import training_forward
 
@@ -22,7 +23,7 @@ D, B, S = 20, 8, 3
 def small_model(name: str, *overrides: str):
     cfg = compose_config(f"model={name}", "layers=3", "batch_norm=true", "model.hidden_sizes=[16,12,10]",
                          "model.latent_sizes=[6,5,4]", *overrides)
-    return cfg, build_model(cfg, D)
+    return cfg, build_model(model_spec(cfg), D)
 
 
 def separate_head_maps(weights: dict) -> dict:
@@ -157,7 +158,7 @@ def test_a_run_of_separate_head_maps_fine_tunes_but_does_not_resume(synthetic_mn
     # Fine-tuning from it (weights only, a fresh optimiser) loads the weights, merged.
     from lvae.finetune import load_initial_weights
 
-    model = build_model(compose_config(*tiny), 28 * 28)
+    model = build_model(model_spec(compose_config(*tiny)), 28 * 28)
     load_initial_weights(model, tmp_path)
     merged = merge_separate_head_maps(checkpoint["model"])
     assert all(torch.equal(value, merged[key]) for key, value in model.state_dict().items())
@@ -175,7 +176,7 @@ def test_the_gradient_norm_is_clipped_to_the_threshold_and_left_below_it(synthet
                          "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",
                          f"train.grad_clip_norm={max_norm}", "train.progress=false")
     data = load_dataset(cfg.data, torch.device("cpu"))
-    model = build_model(cfg, data.dim)
+    model = build_model(model_spec(cfg), data.dim)
     optimizer = torch.optim.Adam(model.parameters())
     seen, step = [], optimizer.step
 

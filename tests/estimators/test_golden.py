@@ -8,6 +8,7 @@ in reports and by `train.py` instead of being taken for this code's.
 """
 
 import pytest
+import torch
 
 from lvae.config import compose_config
 from lvae.provenance import NUMERICS_VERSION
@@ -21,7 +22,9 @@ OVERRIDES = ("model=lvae", "layers=3", "model.hidden_sizes=[64,32,16]", "model.l
 
 # NUMERICS_VERSION -> what the run above computes on the CPU.
 GOLDEN = {
-    2: {},
+    2: {"test_log_likelihood": -465.388212297035, "test_elbo": -483.46788215637207,
+        "train_bound": -483.7039394378662,
+        "kl_per_layer": [1.2172694839537144, 0.46836874075233936, 0.3075989745557308]},
 }
 
 
@@ -30,11 +33,22 @@ def pinned_numbers(metrics: dict) -> dict:
             "train_bound": metrics["train_bound"]["mean"], "kl_per_layer": metrics["kl_per_layer"]}
 
 
-def test_the_numbers_are_those_of_the_numerics_version(synthetic_mnist, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Sums over threads add in another order: the pinned numbers are those of one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_numbers_are_those_of_the_numerics_version(synthetic_mnist, tmp_path, one_thread):
     assert NUMERICS_VERSION in GOLDEN, ("NUMERICS_VERSION has no pinned numbers: add this test's numbers "
                                         "(printed when it fails) under the new version")
     numbers = pinned_numbers(run(compose_config(f"data.root={synthetic_mnist}", *OVERRIDES), tmp_path / "run"))
     expected = GOLDEN[NUMERICS_VERSION]
-    assert numbers == {key: pytest.approx(value, rel=1e-6, abs=1e-7) for key, value in expected.items()}, (
+    # Six significant digits: another CPU's vector units may round the last ones differently; any change
+    # to what a run computes moves these numbers far more.
+    assert numbers == {key: pytest.approx(value, rel=1e-5) for key, value in expected.items()}, (
         f"the numbers changed: {numbers}. If on purpose, bump NUMERICS_VERSION (lvae/provenance.py) with the "
         "reason, and pin these numbers under it.")

@@ -1,7 +1,7 @@
 """Crash-safe, resumable runs; one writer per run directory; the NaN guard; one clear error for each bad input.
 
 These tests call lvae.train.run in this process, with signals sent to itself at a chosen
-step; tests/test_reliability_cli.py does the same through the command line.
+step; tests/reliability/test_reliability_cli.py does the same through the command line.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from lvae.config import ConfigError, compose_config, validate
 from lvae.data import DatasetInvalidError, load_mnist
 from lvae.train import RunFailed, RunInterrupted, run
 
-from .helpers.datasets import write_synthetic_mnist
-from .helpers.reproducibility import differences_between_runs
+from ..helpers.datasets import write_synthetic_mnist
+from ..helpers.reproducibility import differences_between_runs
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",
         "train.batch_size=16", "warmup_epochs=3", "eval.iw_samples=16", "eval.train_subset=32",

@@ -25,7 +25,7 @@ from lvae.data import (
 )
 from lvae.train import run
 
-from .helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
+from ..helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
 
 CPU = torch.device("cpu")
 CONTINUOUS = ("likelihood=gaussian", "data.binarize=false", "data.dequantize=true")
@@ -154,7 +154,8 @@ def test_binarized_mnist_is_read_as_stored_and_never_rebinarized(tmp_path):
     batches = torch.cat(list(data.train_batches(8)))
     stored = {tuple(row.tolist()) for row in data.train}
     assert all(tuple(row.tolist()) in stored for row in batches), "batches are stored images, not re-drawn"
-    assert torch.equal(data.fixed_train_subset(5, seed=3), data.train[:5])
+    subset = data.train_subset_indices(5)
+    assert torch.equal(data.fixed_train_subset(subset, seed=3), data.train[subset])
 
 
 def test_binarized_mnist_without_valid_trains_on_train_only(tmp_path):
@@ -247,7 +248,8 @@ def test_dequantized_pixels_stay_in_their_bins_fresh_for_training_fixed_for_test
     assert not torch.equal(first, second), "fresh noise for every batch"
     u = first * 256 - train_pixels
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
-    assert torch.equal(data.fixed_train_subset(10, seed=0), data.fixed_train_subset(10, seed=0))
+    subset = data.train_subset_indices(10)
+    assert torch.equal(data.fixed_train_subset(subset, seed=0), data.fixed_train_subset(subset, seed=0))
 
 
 @pytest.mark.parametrize("overrides, key", [

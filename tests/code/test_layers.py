@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "lvae"
+PACKAGE = Path(__file__).resolve().parent.parent.parent / "lvae"
 
 # Each module of lvae/ by its first name below the package; a module may import its own layer and those below.
 LAYERS = {
@@ -131,3 +131,36 @@ def test_tests_import_their_helpers_from_tests_helpers_not_conftest():
     through_conftest = [path.name for path in tests.rglob("*.py")
                         if any(module.endswith("conftest") for module, _ in _imports_of_source(path.read_text()))]
     assert not through_conftest
+
+
+@pytest.mark.parametrize("name", [*LAYERS["evaluation and analysis"], *LAYERS["model"]])
+def test_the_core_takes_plain_arguments_not_the_config(name):
+    """The equations and the evaluation never see the Hydra tree: lvae.run_config turns a run config into
+    a ModelSpec and EvalSettings, so the core can be read and used without Hydra."""
+    imported = {module for module, _ in _imports(PACKAGE / f"{name}.py")}
+    config_objects = {m for m in imported if m.split(".")[0] in ("hydra", "omegaconf") or m == "lvae.config"}
+    assert not config_objects, f"{name}.py imports {sorted(config_objects)}"
+
+
+RUN_FOLDER_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "per_image.pt", "analysis.json")
+
+
+def _string_constants(path: Path) -> list[str]:
+    """The plain string constants of a module's code (docstrings and f-string pieces left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(getattr(node, "body", None), list) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    in_fstrings = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings | in_fstrings]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_the_run_folder_and_its_statuses_are_named_in_the_run_record_module_only(path):
+    """lvae/run_record.py is the one place that names a run folder's files and the statuses of its record."""
+    if path.name == "run_record.py":
+        return
+    named = [value for value in _string_constants(path)
+             if value in RUN_FOLDER_FILES or value in ("completed", "running", "interrupted", "failed")]
+    assert not named, f"{path.name} names {named}: use lvae.run_record"

@@ -13,6 +13,7 @@ from lvae.data import ImageData, load_mnist
 from lvae.evaluate import iw_log_likelihood
 from lvae.models import build_model
 from lvae.provenance import NUMERICS_VERSION
+from lvae.run_config import model_spec
 from lvae.train import run, train_model
 
 
@@ -27,7 +28,7 @@ def test_training_on_a_tiny_set_lowers_the_loss(name, tmp_path):
     data = ImageData(train, torch.zeros(256), train[:8], torch.zeros(8), binarize=True)
     cfg = compose_config(f"model={name}", "layers=3", *SMALL, "train.epochs=15", "train.batch_size=32",
                          "warmup_epochs=0", "train.progress=false")
-    model = build_model(cfg, 50)
+    model = build_model(model_spec(cfg), 50)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
     with SummaryWriter(str(tmp_path)) as writer:
         history = train_model(model, optimizer, data, cfg, writer).history
@@ -65,7 +66,7 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     assert (run_dir / "config.yaml").read_text().count("layers: 3") == 1
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
     assert checkpoint["training"]["epoch"] == 3 and checkpoint["config"]["layers"] == 3
-    model = build_model(cfg, 784).to(device)
+    model = build_model(model_spec(cfg), 784).to(device)
     model.load_state_dict(checkpoint["model"])
     # The checkpoint alone reproduces the estimate (batch-norm statistics included).
     data = load_mnist(cfg.data, device)
@@ -122,7 +123,7 @@ def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, 
                              "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",
                              f"train.grad_clip_value={'null' if value is None else value}", "train.progress=false")
         data = load_dataset(cfg.data, torch.device("cpu"))
-        model = build_model(cfg, data.dim)
+        model = build_model(model_spec(cfg), data.dim)
         with SummaryWriter(str(synthetic_mnist / f"tensorboard_{value}")) as writer:
             train_model(model, torch.optim.Adam(model.parameters()), data, cfg, writer)
         assert calls == expected

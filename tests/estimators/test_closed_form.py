@@ -18,7 +18,7 @@ from lvae.evaluate import iw_log_likelihood
 from lvae.models import BottomUpVAE, LadderVAE
 from lvae.objectives import log_importance_weights
 
-from .helpers.linear_gaussian import LinearGaussian, set_head
+from ..helpers.linear_gaussian import LinearGaussian, set_head
 
 N_IMAGES = 200
 FLOAT_TOLERANCE = 1e-6  # the models run in float64 here

@@ -14,13 +14,14 @@ from lvae.objectives import (
     log_importance_weights,
     training_bound,
 )
+from lvae.run_config import model_spec
 
 
 def _model_and_data(name="lvae"):
     torch.manual_seed(0)
     cfg = compose_config(f"model={name}", "layers=3", "model.hidden_sizes=[16,12,10]",
                          "model.latent_sizes=[6,4,2]")
-    return build_model(cfg, 20).eval(), torch.bernoulli(torch.rand(5, 20))
+    return build_model(model_spec(cfg), 20).eval(), torch.bernoulli(torch.rand(5, 20))
 
 
 def test_iw_bound_with_one_sample_is_the_elbo_estimate():

@@ -79,7 +79,7 @@ def test_no_run_output_is_tracked_by_git():
     show stored numbers instead of training. Published results live in results/."""
     import subprocess
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parent.parent.parent
     tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=repo, capture_output=True, text=True)
     if tracked.returncode != 0:
         import pytest

@@ -20,9 +20,10 @@ from lvae.data import ImageData
 from lvae.evaluate import evaluate_model
 from lvae.models import build_model
 from lvae.run_config import eval_settings
+from lvae.run_config import model_spec
 from lvae.train import training_forward
 
-from .helpers.elbo_cases import assert_unbiased, setup
+from ..helpers.elbo_cases import assert_unbiased, setup
 
 D = 20
 # float32, and fused kernels add in another order than eager ones: agreement to about 1e-5 relative.
@@ -32,7 +33,7 @@ FLOAT32 = {"rtol": 1e-4, "atol": 1e-4}
 def tiny_model(name: str, device: torch.device):
     torch.manual_seed(0)
     cfg = compose_config(f"model={name}", "layers=2", "model.hidden_sizes=[16,12]", "model.latent_sizes=[6,3]")
-    return build_model(cfg, D).to(device)
+    return build_model(model_spec(cfg), D).to(device)
 
 
 def binary_images(n: int, device: torch.device) -> torch.Tensor:

@@ -14,9 +14,10 @@ from lvae.run_analysis import AnalysisSettings, RunToAnalyze, analyze
 from lvae.analyze import main
 from lvae.config import compose_config
 from lvae.models import build_model
+from lvae.run_config import model_spec
 from lvae.train import run
 
-from .helpers.linear_gaussian import set_head
+from ..helpers.linear_gaussian import set_head
 
 D = 20
 LATENT_SIZES = [4, 3]
@@ -37,7 +38,7 @@ def model_with_inactive_units(name: str):
     """A 2-layer model in which exactly the units of INACTIVE have q = p (up to 1e-6 for the LVAE's z_1)."""
     cfg = compose_config(f"model={name}", "layers=2", "batch_norm=false", "model.hidden_sizes=[16,12]",
                          f"model.latent_sizes=[{LATENT_SIZES[0]},{LATENT_SIZES[1]}]")
-    model = build_model(cfg, D).eval()
+    model = build_model(model_spec(cfg), D).eval()
     generator = torch.Generator().manual_seed(0)
     # p(z_1|z_2) is N(0, 1) for the inactive units of z_1; p(z_2) is N(0, I).
     set_units(model.generative.priors[0].head, INACTIVE[0], 1.0, generator)
@@ -94,8 +95,8 @@ def test_pca_of_a_single_unit_has_a_zero_second_component():
 
 def test_tensorboard_gets_sample_images_and_active_unit_scalars(tmp_path):
     images = torch.bernoulli(torch.full((32, 25), 0.5))  # 5 x 5 pixels: the grids need square images
-    model = build_model(compose_config("model=vae", "layers=2", "model.hidden_sizes=[16,12]",
-                                       "model.latent_sizes=[4,3]"), images.shape[1])
+    model = build_model(model_spec(compose_config("model=vae", "layers=2", "model.hidden_sizes=[16,12]",
+                                       "model.latent_sizes=[4,3]")), images.shape[1])
     with SummaryWriter(str(tmp_path)) as writer:
         result = active_units(model, images, memory_budget_mb=1)
         log_to_tensorboard(writer, model, images, result, step=3, n_images=16)
@@ -171,8 +172,8 @@ def test_a_run_computes_its_active_units_once_and_its_record_agrees_with_itself(
 
 def test_the_analysis_leaves_the_callers_random_state_as_it_was(tmp_path):
     images = torch.bernoulli(torch.full((20, 25), 0.5))  # 5 x 5 pixels: the grids need square images
-    model = build_model(compose_config("model=lvae", "layers=2", "model.hidden_sizes=[16,12]",
-                                       "model.latent_sizes=[4,3]"), images.shape[1])
+    model = build_model(model_spec(compose_config("model=lvae", "layers=2", "model.hidden_sizes=[16,12]",
+                                       "model.latent_sizes=[4,3]")), images.shape[1])
     data = ImageData(images, torch.zeros(20), images, torch.zeros(20), binarize=True)
     before = torch.get_rng_state()
     analyze([RunToAnalyze("lvae", model.eval(), data, seed=3)], tmp_path, AnalysisSettings())

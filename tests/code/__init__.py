@@ -1,0 +1,1 @@
+"""The code itself: its layers, its public APIs, the Python face."""

@@ -1,0 +1,1 @@
+"""Datasets: loaders, on-disk formats, pixel scaling, subsets."""

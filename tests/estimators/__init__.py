@@ -1,0 +1,1 @@
+"""The equations against closed forms: densities, models, bounds, evaluation, the numbers' version."""

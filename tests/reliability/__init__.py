@@ -1,0 +1,1 @@
+"""Nothing lost: resume, signals, locks, full disks, divergence, refused launches."""

@@ -1,0 +1,1 @@
+"""Reports, reproduce, paired comparisons and the analysis of finished runs."""

@@ -1,0 +1,1 @@
+"""Training: the loop, a whole run, compiled and eager alike, the fast paths."""
