@@ -47,8 +47,9 @@ NOISE_STREAMS = {"test_log_likelihood": 0, "test_elbo": 1, "train_bound": 2, "an
 
 
 @contextlib.contextmanager
-def float32_matmuls(allow_tf32: bool):
-    """CUDA matmuls and convolutions in full float32 unless allow_tf32; the previous setting is restored."""
+def tf32_matmuls(allow_tf32: bool):
+    """CUDA matmuls and convolutions in TF32 inside only when allow_tf32 (else full float32); the previous
+    setting is restored after, so nothing outside (a notebook, the evaluation after training) inherits it."""
     previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
@@ -74,7 +75,7 @@ def recompute_batchnorm_statistics(model: HierarchicalVAE, batches: Iterable[tor
         m.reset_running_stats()
         m.momentum = None  # None = cumulative average over all batches seen
     model.train()
-    with float32_matmuls(allow_tf32):
+    with tf32_matmuls(allow_tf32):
         for x in batches:
             model(x)
     for m, momentum in zip(norms, momenta):
@@ -277,7 +278,7 @@ def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettin
     device = next(model.parameters()).device
     test_images = len(data.test_subset(settings.test_subset))
     compile_chunks = use_compile(settings.compile, device, test_images * settings.iw_samples, CPU_MIN_EVAL_PAIRS)
-    with float32_matmuls(settings.allow_tf32):
+    with tf32_matmuls(settings.allow_tf32):
         return {**_evaluate(evaluation_copy(model, compile_chunks), data, settings), "compiled": compile_chunks}
 
 

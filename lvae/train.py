@@ -58,15 +58,15 @@ from .checkpoint import (
 from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
 from .config import ConfigError, config_to_dict, evaluation_settings, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
-from .evaluate import evaluate_model, recompute_batchnorm_statistics
+from .evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
 from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model, has_separate_head_maps
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
+from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
 from .run_config import eval_settings, model_spec
 from .run_record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
-                         read_config, read_record, write_per_image, write_record)
-from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
+                         read_config, read_record, run_identity, write_per_image, write_record)
 from .summary import format_run
 
 log = logging.getLogger(__name__)
@@ -497,7 +497,6 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
                     cfg.train.epochs / cfg.warmup_epochs)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     origin = provenance(device)
     data = load_dataset(cfg.data, device)
     data.test_subset(cfg.eval.test_subset)  # refuses a subset larger than the test set now, not after training
@@ -533,8 +532,9 @@ def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
     cfg = session.cfg
     with stop.deferring():
         if session.state.epoch < cfg.train.epochs:
-            train_model(session.model, session.optimizer, session.data, cfg, writer, session.state, session.save,
-                        stop)
+            with tf32_matmuls(cfg.allow_tf32):  # TF32 for training when allowed, for this run only
+                train_model(session.model, session.optimizer, session.data, cfg, writer, session.state,
+                            session.save, stop)
         # The final checkpoint holds the evaluation's batch-norm statistics but the RNG state
         # of the end of training, so that evaluating it again repeats this evaluation exactly.
         rng_after_training = capture_rng_state()
@@ -579,15 +579,8 @@ def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) ->
     cfg, state = session.cfg, session.state
     metrics = {
         "status": Status.completed.value,
-        "model": cfg.model.name,
-        "layers": cfg.layers,
-        "batch_norm": cfg.batch_norm,
-        "warmup_epochs": cfg.warmup_epochs,
-        "likelihood": cfg.likelihood,
-        "dataset": cfg.data.name,
+        **run_identity(cfg),
         "dequantized": session.data.dequantize,
-        "epochs": cfg.train.epochs,
-        "seed": cfg.seed,
         **{key: value for key, value in results.items() if key != "compiled"},
         # Epochs trained by a compiled step (each epoch's record also says it), and the evaluation.
         "compiled": {"train_epochs": sum(bool(record.get("compiled")) for record in state.history),
@@ -603,6 +596,4 @@ def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) ->
 
 def _hparams(cfg: DictConfig) -> dict:
     """The choices a sweep varies, for TensorBoard's HParams view."""
-    return {"model": cfg.model.name, "layers": cfg.layers, "batch_norm": cfg.batch_norm,
-            "warmup_epochs": cfg.warmup_epochs, "lr": cfg.train.lr, "iw_samples": cfg.train.iw_samples,
-            "epochs": cfg.train.epochs, "seed": cfg.seed}
+    return {**run_identity(cfg), "lr": cfg.train.lr, "iw_samples": cfg.train.iw_samples}

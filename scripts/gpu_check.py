@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import bench  # noqa: E402
 from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
 from lvae.config import DEVICES, resolve_device  # noqa: E402
-from lvae.evaluate import float32_matmuls  # noqa: E402
+from lvae.evaluate import tf32_matmuls  # noqa: E402
 from lvae.provenance import describe_device, provenance  # noqa: E402
 
 TIME_LIMIT_S = 8 * 60  # the whole check on a GPU, installs included (make gpu-check)
@@ -157,7 +157,7 @@ def main() -> None:
     summary["training"] = {name: {mode: bench.bench_training(name, device, steps, mode == "compiled", size)
                                   for mode in ("eager", "compiled")} for name in ("lvae", "vae")}
     print("training: timed", flush=True)
-    with float32_matmuls(allow_tf32=False):  # evaluation is a measurement, as in a run
+    with tf32_matmuls(allow_tf32=False):  # evaluation is a measurement, as in a run
         summary["evaluation"] = {name: {mode: bench.bench_evaluation(name, device, eval_images, 1024,
                                                                      mode == "compiled", size)
                                         for mode in ("eager", "compiled")} for name in ("lvae", "vae")}

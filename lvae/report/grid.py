@@ -10,13 +10,11 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ..summary import variant_label
 from .paper import PAPER_ORDER
-from ..stored_run import read_config
-from .runs import RunRecord, code_mark, run_setting
+from .runs import RunRecord, code_mark
 
 QUANTITIES = {  # metrics.json key -> what it is (the three panels of the paper's Figure 3)
     "train_bound": "Train bound",
@@ -26,7 +24,7 @@ QUANTITIES = {  # metrics.json key -> what it is (the three panels of the paper'
 
 
 # Keys that do not separate a table's rows: the columns, the seeds of a cell, labels.
-NOT_A_ROW_KEY = ("layers", "seed", "init_from", "budget_name")
+NOT_A_ROW_KEY = ("layers", "seed", "init_from", "init_from.setting", "budget_name")
 
 
 def row_label(setting: dict) -> str:
@@ -35,9 +33,9 @@ def row_label(setting: dict) -> str:
     label = variant_label(setting["model.name"], setting["batch_norm"], setting["warmup_epochs"])
     if setting.get("data.name", "mnist") != "mnist":
         label = f"{label}, {setting['data.name']}"
-    if setting.get("init_from"):
-        base = read_config(Path(setting["init_from"]))
-        label = f"{row_label(run_setting(base)) if base else label} + fine-tuning"
+    if setting.get("init_from"):  # labelled as its base run (known when the report holds or finds it)
+        base = setting.get("init_from.setting")
+        label = f"{row_label(base) if base else label} + fine-tuning"
     samples = [f"{name}={setting[key]}" for name, key in (("MC", "train.mc_samples"), ("IW", "train.iw_samples"))
                if setting.get(key, 1) > 1]
     return f"{label} ({', '.join(samples)})" if samples else label

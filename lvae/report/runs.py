@@ -18,8 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import run_defining_values, schema_defaults
 from ..provenance import NUMERICS_VERSION, is_current_numerics
-from ..run_record import CONFIG_FILE, METRICS_FILE, Status, read_record
-from ..stored_run import read_config
+from ..run_record import CONFIG_FILE, METRICS_FILE, Status, read_config, read_record, status_of
 from ..sweep import Job, jobs_of_sweep_dir
 from .paper import BUDGET_KEYS
 
@@ -113,9 +112,22 @@ def collect_runs(roots: list[Path]) -> list[RunRecord]:
     for run_dir, metrics in find_runs(roots):
         job = expected.pop(run_dir.resolve(), None)
         config = read_config(run_dir) or (job.config if job else None)
-        status = metrics.get("status", "unknown") if metrics else "unfinished"
-        records.append(RunRecord(run_dir, status, metrics, run_setting(config, metrics)))
+        records.append(RunRecord(run_dir, status_of(metrics), metrics, run_setting(config, metrics)))
     for job in expected.values():  # Hydra made the folder of a job that started, even one that failed at once
-        status = "unfinished" if job.run_dir.is_dir() else "missing"
+        status = Status.unfinished if job.run_dir.is_dir() else Status.missing
         records.append(RunRecord(job.run_dir, status, None, run_setting(job.config)))
+    _add_fine_tuning_bases(records)
     return records
+
+
+def _add_fine_tuning_bases(records: list[RunRecord]) -> None:
+    """Give each fine-tuned run's setting the setting of the run it started from (`init_from.setting`): read
+    from that folder, else from the run of the same folder name in this report (a published copy of both)."""
+    named = {record.run_dir.name: record.setting for record in records if record.setting}
+    for record in records:
+        init_from = (record.setting or {}).get("init_from")
+        if init_from:
+            base = read_config(Path(init_from))
+            base_setting = run_setting(base) if base is not None else named.get(Path(init_from).name)
+            if base_setting:
+                record.setting["init_from.setting"] = base_setting

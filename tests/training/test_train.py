@@ -127,3 +127,16 @@ def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, 
         with SummaryWriter(str(synthetic_mnist / f"tensorboard_{value}")) as writer:
             train_model(model, torch.optim.Adam(model.parameters()), data, cfg, writer)
         assert calls == expected
+
+
+def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnist, tmp_path):
+    """allow_tf32 holds for the run's training only: the process (a notebook, a sweep's next job) keeps its own."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        run(compose_config(f"data.root={synthetic_mnist}", "model=vae", "layers=1", *SMALL, "train.epochs=1",
+                           "train.batch_size=32", "eval.iw_samples=2", "eval.train_subset=8", "eval.analyze=false",
+                           "allow_tf32=true", "device=cpu", "train.progress=false"), tmp_path / "run")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
