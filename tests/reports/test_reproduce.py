@@ -69,10 +69,14 @@ def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("budget", sorted(p.stem for p in (Path(CONFIG_DIR) / "budget").glob("*.yaml")))
+BUDGETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "budget").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
 def test_budgets_set_only_training_length_and_evaluation(budget):
-    keys = _flat_keys(OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "budget" / f"{budget}.yaml")))
-    assert keys <= {*BUDGET_KEYS, "budget_name"}
+    budget_file = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "budget" / f"{budget}.yaml"))
+    assert set(budget_file.pop("defaults", [])) <= {*BUDGETS, "_self_"}, "a budget extends only another budget"
+    assert _flat_keys(budget_file) <= {*BUDGET_KEYS, "budget_name"}
 
 
 def test_budgets_keep_the_model_and_the_papers_warmup_ratio():
