@@ -172,6 +172,11 @@ class ImageData:
                               f"eval.test_subset must be an integer from 1 to {size}, or null for all of them.")
         return fixed_permutation(size)[:n]
 
+    def test_sample(self, n: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The indices (`test_subset`) and the images of eval.test_subset=n: what every test number is a mean of."""
+        indices = self.test_subset(n)
+        return indices, self.test[indices.to(self.test.device)]
+
     def train_subset_indices(self, n: int) -> torch.Tensor:
         """Indices of the training-set bound's n images (eval.train_subset; all when n is larger): the first
         n of fixed_permutation of the training set, as for the test set."""

@@ -301,8 +301,7 @@ def _elbo_and_kl_per_layer(trace: Trace) -> torch.Tensor:
 def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
     budget, progress, k, seed = settings.memory_budget_mb, settings.progress, settings.iw_samples, settings.seed
     # A fixed random sample of the test set, the same for every run (lvae/data.py, fixed_permutation).
-    test_indices = data.test_subset(settings.test_subset)
-    test = data.test[test_indices.to(data.test.device)]
+    test_indices, test = data.test_sample(settings.test_subset)
     train_indices = data.train_subset_indices(settings.train_subset)
     train = data.fixed_train_subset(train_indices, seed=settings.binarization_seed)
     iw, mc = settings.train_iw_samples, settings.train_mc_samples

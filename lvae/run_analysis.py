@@ -87,8 +87,7 @@ def analyze(runs: list[RunToAnalyze], out_dir: Path, settings: AnalysisSettings)
     results: dict[str, ActiveUnits] = {}
     samples: dict[str, list[torch.Tensor]] = {}
     for run in runs:
-        indices = run.data.test_subset(settings.test_subset)
-        images = run.data.test[indices.to(run.data.test.device)]
+        indices, images = run.data.test_sample(settings.test_subset)
         noise = {"indices": indices, "seed": run.seed}
         results[run.name] = run.active or active_units(run.model, images, budget, n_samples, **noise)
         samples[run.name] = posterior_samples(run.model, images, budget, **noise)

@@ -91,16 +91,26 @@ def read_config(run_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None
 
 
+def differences_from_stored(stored: dict, cfg: DictConfig, completed: bool) -> list[str]:
+    """'key: stored -> now' for every setting on which `cfg` is not the run that `stored` (its config.yaml)
+    describes: its run-defining values and, for a completed run, also its epochs and evaluation settings
+    (how it ran may differ: HOW_IT_RUNS)."""
+    differences = run_differences(stored, cfg)
+    if completed:
+        if stored["train"]["epochs"] != cfg.train.epochs:
+            differences.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r}")
+        was, now = evaluation_settings(stored["eval"]), evaluation_settings(config_to_dict(cfg.eval))
+        differences += [f"eval.{key}: {was.get(key)!r} -> {now.get(key)!r}"
+                        for key in sorted(was.keys() | now.keys()) if was.get(key) != now.get(key)]
+    return differences
+
+
 def is_complete_for(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """The record when run_dir holds this very run, completed: the same run-defining values, the same
-    number of epochs and the same evaluation settings (how it ran may differ: HOW_IT_RUNS)."""
+    """The record when run_dir holds this very run, completed (`differences_from_stored` finds none)."""
     record, stored_cfg = read_record(run_dir), read_config(run_dir)
     if not is_complete(record) or stored_cfg is None:
         return None
-    stored = config_to_dict(stored_cfg)
-    same = (not run_differences(stored, cfg) and stored["train"]["epochs"] == cfg.train.epochs
-            and evaluation_settings(stored["eval"]) == evaluation_settings(config_to_dict(cfg.eval)))
-    return record if same else None
+    return None if differences_from_stored(config_to_dict(stored_cfg), cfg, completed=True) else record
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:

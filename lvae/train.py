@@ -56,7 +56,7 @@ from .checkpoint import (
     write_text,
 )
 from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from .config import ConfigError, config_to_dict, evaluation_settings, resolve_device, run_differences, validate
+from .config import ConfigError, config_to_dict, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
 from .evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
 from .finetune import load_initial_weights, set_learning_rate
@@ -66,7 +66,8 @@ from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_
 from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
 from .run_config import eval_settings, model_spec
 from .run_record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
-                         read_config, read_record, run_identity, write_per_image, write_record)
+                         differences_from_stored, read_config, read_record, run_identity, write_per_image,
+                         write_record)
 from .summary import format_run
 
 log = logging.getLogger(__name__)
@@ -460,14 +461,7 @@ def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
                               f"{CHECKPOINT_FILE}: refusing to replace that record. Move it away, or use another run "
                               "directory (other overrides or hydra.run.dir=...).")
         return
-    stored = config_to_dict(stored_cfg)
-    differences = run_differences(stored, cfg)
-    if completed:
-        if stored["train"]["epochs"] != cfg.train.epochs:
-            differences.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r}")
-        stored_eval, now_eval = evaluation_settings(stored["eval"]), evaluation_settings(config_to_dict(cfg.eval))
-        differences += [f"eval.{key}: {stored_eval.get(key)!r} -> {now_eval.get(key)!r}"
-                        for key in sorted(stored_eval.keys() | now_eval.keys()) if stored_eval.get(key) != now_eval.get(key)]
+    differences = differences_from_stored(config_to_dict(stored_cfg), cfg, completed)
     if differences:
         what = "completed run" if completed else "run"
         raise ConfigError(f"{run_dir} holds the record of another {what} (its config.yaml{', metrics.json' * completed}) "
@@ -563,8 +557,7 @@ def _evaluate(session: _Session, writer: SummaryWriter) -> tuple[dict, ActiveUni
             results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
     for key in ("test_log_likelihood", "test_elbo", "train_bound"):
         writer.add_scalar(f"eval/{key}", results[key]["mean"], epochs)
-    indices = data.test_subset(cfg.eval.test_subset)
-    images = data.test[indices.to(data.test.device)]
+    indices, images = data.test_sample(cfg.eval.test_subset)
     active = active_units(model, images, cfg.eval.memory_budget_mb, indices=indices, seed=cfg.seed)
     results["active_units"] = active.counts()
     with seeded_rng(cfg.seed, session.device):
