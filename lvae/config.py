@@ -116,6 +116,12 @@ class EvalConfig:
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
     allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
     compile: Optional[bool] = None  # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
+    # Training curves (lvae/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
+    # the test and training ELBO on curve_images images each, and every unit's KL term; null = about 20 points for
+    # runs of 10 epochs or more (lvae/evaluate.py, curve_interval), 0 = none.
+    curve_every: Optional[int] = None
+    curve_iw_samples: int = 100
+    curve_images: int = 1000
 
 
 @dataclass
@@ -162,6 +168,9 @@ def run_dir_name(override_dirname: str) -> str:
 HOW_IT_RUNS = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
                "eval.compile", "data.root", "data.download")
 CONTINUABLE = ("train.epochs", "eval", "budget_name")
+# The eval.* keys of the curves measured during training: they change no end-of-run number (a finished run is
+# not evaluated again for them); a run continued with other values records its later points with them.
+CURVE_KEYS = ("eval.curve_every", "eval.curve_iw_samples", "eval.curve_images")
 RUN_FOLDER_IGNORES = HOW_IT_RUNS
 
 
@@ -233,6 +242,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          "null (all) or an integer > 0, at most the test set's size (checked once it is loaded)"),
     "eval.train_subset": (_positive, "an integer > 0"),
     "eval.memory_budget_mb": (_positive, "an integer > 0"),
+    "eval.curve_every": (lambda v: v is None or v >= 0, "null (about 20 points per run), 0 (none) or an integer > 0"),
+    "eval.curve_iw_samples": (_positive, "an integer > 0"),
+    "eval.curve_images": (_positive, "an integer > 0 (at most the test set's size are used)"),
 }
 
 
@@ -361,9 +373,9 @@ def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
 
 def evaluation_settings(eval_tree: dict) -> dict:
     """eval.* as a finished run's numbers depend on it: a key that a stored config lacks (added to the
-    schema later) has its default; the keys of HOW_IT_RUNS are left out."""
+    schema later) has its default; the keys of HOW_IT_RUNS and CURVE_KEYS are left out."""
     settings = {**schema_defaults()["eval"], **eval_tree}
-    for key in HOW_IT_RUNS:
+    for key in (*HOW_IT_RUNS, *CURVE_KEYS):
         if key.startswith("eval."):
             settings.pop(key.removeprefix("eval."), None)
     return settings

@@ -298,6 +298,59 @@ def _elbo_and_kl_per_layer(trace: Trace) -> torch.Tensor:
     return torch.cat([elbo(trace, kl=kl), kl[:, 0]])
 
 
+CURVE_POINTS = 20  # eval.curve_every=null: about this many points per run ...
+CURVE_MIN_EPOCHS = 10  # ... for runs of at least this many epochs (none for shorter ones, such as the tests')
+
+
+def curve_interval(curve_every: Optional[int], epochs: int) -> int:
+    """Epochs between two points of the training curves (0: none): eval.curve_every, or when it is None,
+    about CURVE_POINTS points for runs of CURVE_MIN_EPOCHS epochs or more."""
+    if curve_every is not None:
+        return curve_every
+    return math.ceil(epochs / CURVE_POINTS) if epochs >= CURVE_MIN_EPOCHS else 0
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """One point of the training curves: what `curve_point` measures (eval.curve_*)."""
+
+    iw_samples: int = 100  # K of the test bound
+    images: int = 1000  # test images (the first of the fixed random order) and as many training images
+    binarization_seed: int = 0  # the training images are binarized once, with this seed
+    seed: int = 0  # chooses every image's noise (noise_seed)
+    memory_budget_mb: float = 1024
+
+
+def _elbo_and_kl_per_unit(trace: Trace) -> torch.Tensor:
+    """The 1-sample ELBO (row 0) and every unit's KL term (rows 1.., z_1's units first) of every image: (1 + sum d_i, B)."""
+    return torch.cat([elbo(trace), *(layer.kl_term_per_unit()[0].T for layer in trace.layers)])
+
+
+def curve_point(model: HierarchicalVAE, data: ImageData, settings: CurveSettings) -> dict:
+    """The bounds and KL terms of `model` as it stands during training, for the curves against epochs.
+
+    Measured on an evaluation copy (eval mode, with the running batch-norm averages of training, not
+    statistics recomputed over the training set as at the end of a run), with each image's own noise:
+    `model`, its mode and torch's global RNG are left as they were, so curves change nothing in training.
+    `images` test images (the first of the fixed random order) and as many training images (the same
+    order, binarized once): the K-sample test bound, the test and training ELBO (1 sample), and each
+    unit's KL term averaged over the test images (one list per layer, z_1 first).
+    """
+    evaluated = fold_batchnorm(model)
+    test_indices, test = data.test_sample(min(settings.images, len(data.test)))
+    train_indices = data.train_subset_indices(settings.images)
+    train = data.fixed_train_subset(train_indices, seed=settings.binarization_seed)
+    budget, k, seed = settings.memory_budget_mb, settings.iw_samples, settings.seed
+    test_bound = iw_log_likelihood(evaluated, test, k, budget, indices=test_indices, seed=seed)
+    test_elbo, *kl_per_unit = per_image(evaluated, test, 1, budget, _elbo_and_kl_per_unit,
+                                        indices=test_indices, seed=seed, stream="test_elbo").double()
+    train_elbo = per_image(evaluated, train, 1, budget, elbo, indices=train_indices, seed=seed, stream="train_bound")
+    kl = torch.stack(kl_per_unit).mean(1).split(model.latent_sizes)
+    return {"test_bound": test_bound.mean().item(), "test_elbo": test_elbo.mean().item(),
+            "train_elbo": train_elbo.double().mean().item(), "iw_samples": k, "images": len(test_indices),
+            "kl_per_unit": [layer.tolist() for layer in kl]}
+
+
 def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
     budget, progress, k, seed = settings.memory_budget_mb, settings.progress, settings.iw_samples, settings.seed
     # A fixed random sample of the test set, the same for every run (lvae/data.py, fixed_permutation).

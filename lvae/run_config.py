@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .evaluate import EvalSettings
+from .evaluate import CurveSettings, EvalSettings
 from .models import ModelSpec
 
 
@@ -31,3 +31,10 @@ def eval_settings(cfg: DictConfig) -> EvalSettings:
                         train_mc_samples=cfg.train.mc_samples, binarization_seed=cfg.data.binarization_seed,
                         seed=cfg.seed, memory_budget_mb=cfg.eval.memory_budget_mb, allow_tf32=cfg.eval.allow_tf32,
                         compile=cfg.eval.compile, progress=cfg.train.progress)
+
+
+def curve_settings(cfg: DictConfig) -> CurveSettings:
+    """One point of the training curves as eval.curve_* asks (the run's seeds choose noise and binarization)."""
+    return CurveSettings(iw_samples=cfg.eval.curve_iw_samples, images=cfg.eval.curve_images,
+                         binarization_seed=cfg.data.binarization_seed, seed=cfg.seed,
+                         memory_budget_mb=cfg.eval.memory_budget_mb)

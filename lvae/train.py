@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
+from .analysis import ACTIVITY_THRESHOLD, ActiveUnits, active_units, log_to_tensorboard, seeded_rng
 from .checkpoint import (
     CheckpointError,
     RunDirHold,
@@ -58,13 +58,13 @@ from .checkpoint import (
 from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
 from .config import ConfigError, config_to_dict, resolve_device, run_differences, validate
 from .data import ImageData, load_dataset
-from .evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
+from .evaluate import curve_interval, curve_point, evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
 from .finetune import load_initial_weights, set_learning_rate
 from .models import HierarchicalVAE, build_model, has_separate_head_maps
 from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
 from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
-from .run_config import eval_settings, model_spec
+from .run_config import curve_settings, eval_settings, model_spec
 from .run_record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
                          differences_from_stored, read_config, read_record, run_identity, write_per_image,
                          write_record)
@@ -242,6 +242,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
         forward = compiled(forward, device)
     # CUDA graphs (compiled on CUDA) reuse their output memory: each step tells them where it begins.
     graph_steps = compile_step and device.type == "cuda"
+    curve_every = curve_interval(cfg.eval.curve_every, tc.epochs)
     epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
                   initial=state.epoch, total=tc.epochs, disable=not tc.progress)
     for epoch in epochs:
@@ -294,6 +295,8 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
                               "kl_weight": kl_weight, "kl_per_layer": kl, "seconds": time.perf_counter() - started,
                               "compiled": compile_step})
         state.epoch, state.order, state.sums = epoch + 1, None, None
+        if curve_every and (state.epoch % curve_every == 0 or state.epoch == tc.epochs):
+            state.history[-1]["curve"] = curve_point(model, data, curve_settings(cfg))
         _log_epoch(writer, state.history[-1])
         epochs.set_postfix(bound=f"{bound_mean:.2f}", kl_weight=f"{kl_weight:.2f}")
         if state.epoch % tc.checkpoint_every == 0 and state.epoch < tc.epochs:
@@ -324,6 +327,13 @@ def _log_epoch(writer: SummaryWriter, record: dict) -> None:
     writer.add_scalar("train/kl_weight", record["kl_weight"], epoch)
     for i, value in enumerate(record["kl_per_layer"], start=1):
         writer.add_scalar(f"kl_per_layer/z{i}", value, epoch)
+    curve = record.get("curve")
+    if curve:
+        for key in ("test_bound", "test_elbo", "train_elbo"):
+            writer.add_scalar(f"curve/{key}", curve[key], epoch)
+        for i, kl in enumerate(curve["kl_per_unit"], start=1):
+            writer.add_histogram(f"curve/kl_per_unit/z{i}", torch.tensor(kl), epoch)
+            writer.add_scalar(f"curve/active_units_kl/z{i}", sum(value > ACTIVITY_THRESHOLD for value in kl), epoch)
 
 
 def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,

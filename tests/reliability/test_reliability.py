@@ -44,10 +44,11 @@ def _status(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two_epochs(tmp_path_factory):
-    """The reference: a 2-epoch run, never stopped; its config and data root."""
+    """The reference: a 2-epoch run, never stopped, with a point of the training curves after each
+    epoch (so that every resume test also checks them); its config and data root."""
     root = write_synthetic_mnist(tmp_path_factory.mktemp("data"))
     cfg = compose_config(*TINY, f"data.root={root}", "train.epochs=2", "train.checkpoint_every=1",
-                         "eval.analyze=false")
+                         "eval.analyze=false", "eval.curve_every=1", "eval.curve_iw_samples=8", "eval.curve_images=20")
     reference = tmp_path_factory.mktemp("reference")
     run(cfg, reference)
     return cfg, reference
