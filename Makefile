@@ -10,7 +10,7 @@ EXPERIMENT ?= fig3
 BUDGET ?= paper
 SEEDS ?= 1
 
-.PHONY: install test demo train reproduce bench gpu-check tensorboard clean
+.PHONY: install test demo train reproduce paper bench gpu-check tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,12 @@ train: install
 #   make reproduce SEEDS=3 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
 reproduce: install
 	$(PY) -m lvae.reproduce --experiment $(EXPERIMENT) --budget $(BUDGET) --seeds $(SEEDS) $(ARGS)
+
+# Every analysis of the paper in one folder, outputs/paper-$(BUDGET)/index.md: runs what is missing of Figure 3
+# and the MNIST table (as make reproduce: resumes, skips finished runs), then the figures, tables and verdicts.
+#   make paper BUDGET=quick
+paper: install
+	$(PY) -m lvae.paper --budget $(BUDGET) --seeds $(SEEDS) $(ARGS)
 
 # Training and K=5000 evaluation speed against the device's matmul rate (prints figures; a few minutes).
 bench: install

@@ -284,3 +284,115 @@ def log_to_tensorboard(writer: SummaryWriter, model: HierarchicalVAE, images: to
     writer.add_image("samples", to_grid(model.generative.sample(n_images), TENSORBOARD_IMAGES_PER_ROW), step)
     rows = reconstruction_rows(model, images[:n_images // 2], TENSORBOARD_IMAGES_PER_ROW)
     writer.add_image("reconstructions", to_grid(rows, TENSORBOARD_IMAGES_PER_ROW), step)
+
+
+def nearest_centroid_accuracy(samples: torch.Tensor, labels: torch.Tensor) -> float:
+    """How well a layer's posterior samples tell the classes apart: the accuracy of a nearest-class-mean
+    classifier fitted on the even-numbered images and scored on the odd-numbered ones (chance: about
+    1 / classes). samples: (N, d); labels: (N,) integer classes."""
+    fit, score = slice(0, None, 2), slice(1, None, 2)
+    classes = labels[fit].unique()
+    centroids = torch.stack([samples[fit][labels[fit] == c].double().mean(0) for c in classes])
+    nearest = torch.cdist(samples[score].double(), centroids).argmin(1)
+    return (classes[nearest] == labels[score]).double().mean().item()
+
+
+def _curve_epochs(history: list[dict]) -> list[dict]:
+    return [record for record in history if "curve" in record]
+
+
+def plot_bounds_vs_epochs(history_by_run: dict[str, list[dict]], path: Path) -> None:
+    """The paper's training curves: training bound (left) and test bound (right) against epoch, one colour per run.
+
+    Left: the ELBO averaged over each epoch's training batches (a line) and, where curves were recorded,
+    the 1-sample ELBO of a fixed training sample in eval mode (dots). Right: the K-sample test bound (solid,
+    dots) and the 1-sample test ELBO (dashed) at the curve points (metrics.json's `history[*]["curve"]`).
+    """
+    figure = Figure(figsize=(13, 4.8), layout="constrained")
+    train_ax, test_ax = figure.subplots(1, 2, sharey=True)
+    for colour, (name, history) in enumerate(history_by_run.items()):
+        train_ax.plot([r["epoch"] for r in history], [r["train_elbo"] for r in history], color=f"C{colour}",
+                      linewidth=1.2, alpha=0.8, label=f"{name}: training batches")
+        points = _curve_epochs(history)
+        if not points:
+            continue
+        epochs = [r["epoch"] for r in points]
+        train_ax.plot(epochs, [r["curve"]["train_elbo"] for r in points], "o", color=f"C{colour}", markersize=4,
+                      label=f"{name}: fixed training sample, eval mode")
+        k = points[-1]["curve"]["iw_samples"]
+        test_ax.plot(epochs, [r["curve"]["test_bound"] for r in points], "o-", color=f"C{colour}", markersize=4,
+                     label=f"{name}: K={k} bound")
+        test_ax.plot(epochs, [r["curve"]["test_elbo"] for r in points], "--", color=f"C{colour}", alpha=0.7,
+                     label=f"{name}: ELBO")
+    for ax, title in ((train_ax, "training set: ELBO"), (test_ax, "test sample: bounds")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    train_ax.set_ylabel("nats per image (higher is better)")
+    # The first epochs score far below the rest: the y axis starts from the values after the first 5 %.
+    last = max(r["epoch"] for history in history_by_run.values() for r in history)
+    later = [y for ax in (train_ax, test_ax) for line in ax.lines
+             for x, y in zip(line.get_xdata(), line.get_ydata()) if x > max(1, last // 20)]
+    if later:
+        low, high = min(later), max(later)
+        train_ax.set_ylim(low - 0.1 * (high - low + 1), high + 0.1 * (high - low + 1))
+    if not test_ax.lines:
+        test_ax.text(0.5, 0.5, "no training curves recorded\n(eval.curve_every)", ha="center", va="center",
+                     transform=test_ax.transAxes)
+    figure.suptitle("Bounds during training", fontsize=13)
+    figure.savefig(path, dpi=120)
+
+
+def plot_kl_per_layer_bars(kl_by_run: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
+    """KL(q‖p) of each layer at the end of training, one bar per run in each layer's group, ± its standard
+    error over the test images, on a log scale. kl_by_run: run -> (means, standard errors), z_1 first."""
+    n_layers = max(len(means) for means, _ in kl_by_run.values())
+    width = 0.8 / len(kl_by_run)
+    figure = Figure(figsize=(max(7.0, 1.6 * n_layers + 2), 4.5), layout="constrained")
+    ax = figure.subplots()
+    for r, (name, (means, stderrs)) in enumerate(kl_by_run.items()):
+        positions = [i + (r - (len(kl_by_run) - 1) / 2) * width for i in range(len(means))]
+        # A bottom-up VAE's upper-layer terms can be slightly negative (lvae.analysis.active_units): drawn at the floor.
+        heights = [max(mean, ACTIVITY_THRESHOLD) for mean in means]
+        ax.bar(positions, heights, width, yerr=stderrs, capsize=3, color=f"C{r}", alpha=0.85, label=name)
+    ax.set_yscale("log")
+    ax.axhline(ACTIVITY_THRESHOLD, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(range(n_layers), layer_names(n_layers))
+    ax.set_xlabel("stochastic layer (z1 = bottom)")
+    ax.set_ylabel("KL term, nats per test image (log scale)")
+    ax.legend(fontsize=8)
+    figure.suptitle("KL per layer at the end of training", fontsize=13)
+    figure.savefig(path, dpi=120)
+
+
+def plot_kl_per_unit(history_by_run: dict[str, list[dict]], path: Path, columns: int = 6) -> None:
+    """log10 of each unit's KL term at up to `columns` of the curve points (evenly spread, the last included),
+    one panel per run: rows are units, z_1's first, a line between layers; white where the unit is
+    inactive (KL term <= 0.01 nats, the paper's criterion)."""
+    runs = {name: _curve_epochs(history) for name, history in history_by_run.items()}
+    runs = {name: points for name, points in runs.items() if points}
+    if not runs:
+        return
+    figure = Figure(figsize=(2.6 * len(runs) + 1.5, 6.5), layout="constrained")
+    axes = figure.subplots(1, len(runs), squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = None
+    for ax, (name, points) in zip(axes, runs.items()):
+        shown = min(columns, len(points))
+        chosen = sorted({points[round(i * (len(points) - 1) / max(shown - 1, 1))]["epoch"] for i in range(shown)})
+        by_epoch = {r["epoch"]: r["curve"]["kl_per_unit"] for r in points}
+        kl = torch.tensor([[v for layer in by_epoch[e] for v in layer] for e in chosen]).T  # (units, epochs)
+        log_kl = torch.where(kl > ACTIVITY_THRESHOLD, kl.clamp_min(ACTIVITY_THRESHOLD).log10(), torch.nan)
+        image = ax.imshow(log_kl.numpy(), aspect="auto", cmap=colours, vmin=-2, vmax=1, interpolation="nearest")
+        sizes = [len(layer) for layer in by_epoch[chosen[0]]]
+        for boundary in torch.tensor(sizes).cumsum(0)[:-1].tolist():
+            ax.axhline(boundary - 0.5, color="black", linewidth=0.8)
+        starts = [0, *torch.tensor(sizes).cumsum(0)[:-1].tolist()]
+        ax.set_yticks([s + n / 2 - 0.5 for s, n in zip(starts, sizes)], layer_names(len(sizes)))
+        ax.set_xticks(range(len(chosen)), chosen, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=10)
+    figure.colorbar(image, ax=axes, label="log10 KL per unit (nats); white: inactive", shrink=0.8)
+    figure.suptitle("KL per unit during training (test sample)", fontsize=13)
+    figure.savefig(path, dpi=120)

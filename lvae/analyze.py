@@ -1,7 +1,8 @@
 """Look inside trained hierarchies: `python -m lvae.analyze RUN_DIR [RUN_DIR ...]`.
 
 Each run directory (as `lvae.train.run` writes it) must hold config.yaml and
-checkpoint.pt; the metrics.json of a completed run names the run and gives its
+checkpoint.pt, or a published run's weights.pt instead (python -m lvae.report ...
+--publish DIR --weights); the metrics.json of a completed run names the run and gives its
 history. A run still training is looked at through its latest checkpoint, whose
 batch-norm statistics are the training-time running averages.
 The model is rebuilt from the config, loaded with the checkpoint's weights and
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Active units, PCA of each layer's posterior, KL per layer, prior samples and "
                     "reconstructions of trained runs (docs/method.md, section 5).")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="run directories holding config.yaml and checkpoint.pt")
+                        help="run directories holding config.yaml and checkpoint.pt (or weights.pt)")
     parser.add_argument("--out", type=Path, help="output folder (default: the run directory for one run, "
                                                  "else <first run dir>/../analysis)")
     parser.add_argument("--test-subset", type=int, metavar="N",

@@ -8,6 +8,7 @@ express and names the key and the allowed values in its message.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -154,10 +155,18 @@ def schema_defaults() -> dict:
     return config_to_dict(OmegaConf.structured(Config))
 
 
+MAX_RUN_DIR_NAME = 200  # bytes; file systems allow 255 per name
+
+
 def run_dir_name(override_dirname: str) -> str:
     """Run directories are named by their command-line overrides (`defaults` when none),
-    so that the same command finds the same directory again and resumes it."""
-    return override_dirname or "defaults"
+    so that the same command finds the same directory again and resumes it. A name too long for
+    a file system is cut, with a hash of the whole name appended (the same overrides, the same name)."""
+    name = override_dirname or "defaults"
+    if len(name.encode()) <= MAX_RUN_DIR_NAME:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+    return f"{name.encode()[:MAX_RUN_DIR_NAME - 18].decode(errors='ignore')}-{digest}"
 
 
 # A run's identity, written once. HOW_IT_RUNS: the keys that change how a run is run or where its data

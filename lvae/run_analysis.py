@@ -23,6 +23,7 @@ from .analysis import (
     ActiveUnits,
     active_units,
     image_grid,
+    nearest_centroid_accuracy,
     plot_active_units,
     plot_kl_history,
     plot_pca,
@@ -30,12 +31,12 @@ from .analysis import (
     reconstruction_rows,
     seeded_rng,
 )
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import write_json
 from .config import resolve_device
 from .data import ImageData, load_dataset
 from .models import HierarchicalVAE
-from .run_record import ANALYSIS_FILE, CHECKPOINT_FILE, is_complete, read_config, read_record
-from .stored_run import check_run_dir, trained_model
+from .run_record import ANALYSIS_FILE, is_complete, read_record
+from .stored_run import check_run_dir, stored_config, stored_weights, trained_model
 from .summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
@@ -104,12 +105,17 @@ def analyze(runs: list[RunToAnalyze], out_dir: Path, settings: AnalysisSettings)
     histories = {run.name: run.history for run in runs if run.history}
     if histories:
         plot_kl_history(histories, out_dir / "kl_per_layer.png")
+    labelled = bool((labels >= 0).all())  # a dataset without classes has label -1
     summary = {
         "test_images": len(labels),
         "test_set_images": len(runs[-1].data.test),
         "posterior_samples_per_image": n_samples,
         "runs": {run.name: {**({"run_dir": str(run.run_dir)} if run.run_dir else {}), "seed": run.seed,
-                            **results[run.name].to_json()} for run in runs},
+                            **results[run.name].to_json(),
+                            # How well each layer's posterior sample tells the classes apart (the PCA's question).
+                            **({"nearest_centroid_accuracy": [nearest_centroid_accuracy(z, labels)
+                                                              for z in samples[run.name]]} if labelled else {})}
+                 for run in runs},
     }
     write_json(out_dir / ANALYSIS_FILE, summary)
     return summary
@@ -119,7 +125,7 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings
                  device: str | torch.device = "auto", seed: int | None = None) -> dict:
     """Read the runs of run_dirs back and `analyze` them; each run's noise comes from `seed`, by default
     its own seed (then its active units are those of its metrics.json). Raises RunDirError when a run
-    directory lacks config.yaml or checkpoint.pt, before any work is done."""
+    directory lacks config.yaml, or both checkpoint.pt and weights.pt (a published run), before any work is done."""
     run_dirs = [Path(d) for d in run_dirs]
     for run_dir in run_dirs:
         check_run_dir(run_dir)
@@ -128,8 +134,8 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings
     datasets: dict[str, ImageData] = {}  # runs that read the same data share one copy
     runs = []
     for run_dir, name, record in zip(run_dirs, run_names(run_dirs, records), records):
-        cfg = read_config(run_dir)
-        weights = load_checkpoint(run_dir / CHECKPOINT_FILE, device)["model"]  # a bad file fails before the data load
+        cfg = stored_config(run_dir)
+        weights = stored_weights(run_dir, device)  # a bad file fails before the data load
         data_key = OmegaConf.to_yaml(cfg.data)
         if data_key not in datasets:
             datasets[data_key] = load_dataset(cfg.data, device)

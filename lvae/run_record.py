@@ -7,6 +7,7 @@ A run folder (Hydra's output dir, or any folder given to `lvae.train.run`) holds
     metrics.json     the record: status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     every evaluated test image's estimates and its index in the test set
     tensorboard/     scalars per epoch
+    weights.pt       (a published run, instead of checkpoint.pt) the model alone: `write_weights`
     .lock            held by the one process that works on the run (lvae.checkpoint.hold_run_dir)
 
 The record's `status` is a `Status`; "complete" means one thing everywhere (`is_complete`,
@@ -23,13 +24,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import atomic_write, write_json
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from .config import config_to_dict, evaluation_settings, run_differences
+from .provenance import numerics_version_of
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.pt"
+WEIGHTS_FILE = "weights.pt"
 TENSORBOARD_DIR = "tensorboard"
 ANALYSIS_FILE = "analysis.json"
 
@@ -71,6 +74,21 @@ def read_per_image(run_dir: Path) -> dict[str, torch.Tensor] | None:
     """per_image.pt of run_dir, or None when it has none (runs older than the per-image estimates)."""
     path = run_dir / PER_IMAGE_FILE
     return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def write_weights(run_dir: Path, out_dir: Path) -> Path:
+    """out_dir/weights.pt of run_dir, a completed run: its final checkpoint's model state dict (the
+    batch-norm statistics of its evaluation included), without what only resuming needs (optimiser
+    state, training position, RNG states), beside the run's config and the numerics version and git
+    commit of its record, which say what run and code the weights belong to. Written and read like a
+    checkpoint (lvae.checkpoint: atomically, with its checksum, loadable with weights_only=True)."""
+    record = read_record(run_dir)
+    if not is_complete(record):
+        raise ValueError(f"{run_dir} is {status_of(record)}, not completed: its checkpoint holds no final weights")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    save_checkpoint(out_dir / WEIGHTS_FILE, model=checkpoint["model"], config=checkpoint.get("config"),
+                    numerics_version=numerics_version_of(record), git_commit=record.get("git_commit"))
+    return out_dir / WEIGHTS_FILE
 
 
 def status_of(record: dict | None) -> Status:

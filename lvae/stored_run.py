@@ -2,7 +2,9 @@
 
 `load_run` is the way into a finished run from Python (also as `lvae.load_run`): the
 model comes back in eval mode with the batch-norm statistics its evaluation used (the
-final checkpoint holds them), beside its config and its data.
+final checkpoint holds them), beside its config and its data. A published run (`python -m
+lvae.report DIRS --publish results/NAME --weights`) holds weights.pt instead of checkpoint.pt:
+the same model state, without what only resuming needs.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import torch
 from omegaconf import DictConfig
 
 from .checkpoint import load_checkpoint
-from .config import resolve_device
+from .config import resolve_device, schema_defaults
 from .data import ImageData, load_dataset
 from .models import HierarchicalVAE, build_model, merge_separate_head_maps
 from .run_config import model_spec
-from .run_record import CHECKPOINT_FILE, CONFIG_FILE, read_config, read_record
+from .run_record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_config, read_record
 
-REQUIRED_FILES = (CONFIG_FILE, CHECKPOINT_FILE)
+# What reading a run back needs, each entry a file or files of which one is enough: the weights
+# come from the checkpoint when the folder holds one (a run's own folder), else from weights.pt.
+REQUIRED_FILES = ((CONFIG_FILE,), (CHECKPOINT_FILE, WEIGHTS_FILE))
 
 
 class RunDirError(FileNotFoundError):
@@ -31,9 +35,34 @@ def check_run_dir(run_dir: Path) -> None:
     """Raise RunDirError naming what `run_dir` lacks of REQUIRED_FILES."""
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a directory")
-    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    missing = [" or ".join(names) for names in REQUIRED_FILES if not any((run_dir / n).is_file() for n in names)]
     if missing:
-        raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: not a finished run directory of lvae.train")
+        raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: neither a run directory of lvae.train "
+                          "nor a run published with its weights (python -m lvae.report ... --publish DIR --weights)")
+
+
+def is_published(run_dir: Path) -> bool:
+    """Whether run_dir holds published weights instead of its run's checkpoint."""
+    return not (run_dir / CHECKPOINT_FILE).is_file()
+
+
+def stored_weights(run_dir: Path, device: torch.device) -> dict:
+    """The model state dict of run_dir: from its checkpoint, else (a published run) from weights.pt.
+    Both are checked against the checksum written with them."""
+    return load_checkpoint(run_dir / (WEIGHTS_FILE if is_published(run_dir) else CHECKPOINT_FILE), device)["model"]
+
+
+def stored_config(run_dir: Path, data_root: str | Path | None = None) -> DictConfig:
+    """config.yaml of run_dir, its data where `data_root` says (data.root only says where the data lies,
+    not what it is). By default that is the run's own data.root, except for a published run: its
+    recorded root is that of the machine it trained on, so this machine's default is taken
+    ($LVAE_DATA_ROOT, else ./data)."""
+    cfg = read_config(run_dir)
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    elif is_published(run_dir):
+        cfg.data.root = schema_defaults()["data"]["root"]
+    return cfg
 
 
 
@@ -56,17 +85,20 @@ class TrainedRun:
     metrics: dict | None  # metrics.json (None while the run has written none)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             data_root: str | Path | None = None) -> TrainedRun:
     """The trained model of `run_dir` with its config, data and metrics.
 
-    A run still training comes back with its latest checkpoint, whose batch-norm
-    statistics are the training-time running averages. Raises RunDirError when the
-    directory holds no config.yaml or checkpoint.pt.
+    `run_dir` is a run's folder or a published run's (weights.pt in place of checkpoint.pt);
+    its data is read from `data_root` (see `stored_config` for the default). A run still
+    training comes back with its latest checkpoint, whose batch-norm statistics are the
+    training-time running averages. Raises RunDirError when the directory holds no
+    config.yaml, or neither checkpoint.pt nor weights.pt.
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
-    cfg = read_config(run_dir)
-    weights = load_checkpoint(run_dir / CHECKPOINT_FILE, device)["model"]  # a bad file fails before the data load
+    cfg = stored_config(run_dir, data_root)
+    weights = stored_weights(run_dir, device)  # a bad file fails before the data load
     data = load_dataset(cfg.data, device)
     return TrainedRun(trained_model(cfg, weights, data.dim, device), cfg, data, read_record(run_dir))

@@ -11,6 +11,10 @@ Prints a table of the runs and writes, into --out or --publish (default: the fir
     results.csv   the same cells, one line per variant, depth and quantity
     fig3.png      the paper's Figure 3: the three bounds against the number of layers
 
+With --publish DIR, each run's record (PUBLISHED_FILES) is copied to DIR/<run folder name>/; with
+--weights also, for each completed run, weights.pt: its model as evaluated, without the optimiser
+state of its checkpoint, which `lvae.load_run` and `python -m lvae.analyze` read back.
+
 A cell's runs differ only in their seed: runs that differ in anything else are rows of
 their own, so nothing is averaged over different settings.
 """
@@ -22,7 +26,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from ..run_record import CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE, Status
+from ..checkpoint import CheckpointError
+from ..run_record import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE, WEIGHTS_FILE, Status, write_weights
 from .markdown import budget_summary, markdown_table
 from .output import write_report
 from .runs import RunRecord, collect_runs
@@ -31,19 +36,34 @@ from .runs import RunRecord, collect_runs
 PUBLISHED_FILES = (METRICS_FILE, CONFIG_FILE, PER_IMAGE_FILE)
 
 
-def publish_runs(records: list[RunRecord], out_dir: Path) -> None:
-    """Copy each run's PUBLISHED_FILES into out_dir/<run folder name>/, a record that can be reported again."""
+def publish_runs(records: list[RunRecord], out_dir: Path, weights: bool = False) -> list[Path]:
+    """Copy each run's PUBLISHED_FILES into out_dir/<run folder name>/, a record that can be reported again;
+    with `weights`, also write each completed run's weights.pt there (`write_weights`: from its checkpoint,
+    or copied from a run published before). Returns the weights files written."""
     names = Counter(r.run_dir.name for r in records if r.run_dir.is_dir())
     clashes = sorted(name for name, count in names.items() if count > 1)
     if clashes:
         raise ValueError(f"several runs are named {', '.join(clashes)}: publish their folders separately")
-    for record in records:
-        if record.run_dir.is_dir() and record.run_dir.resolve() != (out_dir / record.run_dir.name).resolve():
-            target = out_dir / record.run_dir.name
-            target.mkdir(parents=True, exist_ok=True)
-            for name in PUBLISHED_FILES:
-                if (record.run_dir / name).exists():
-                    shutil.copy2(record.run_dir / name, target / name)
+    to_publish = [r for r in records
+                  if r.run_dir.is_dir() and r.run_dir.resolve() != (out_dir / r.run_dir.name).resolve()]
+    with_weights = [r.run_dir for r in to_publish if weights and r.completed]
+    without = [str(d) for d in with_weights if not ((d / CHECKPOINT_FILE).is_file() or (d / WEIGHTS_FILE).is_file())]
+    if without:
+        raise ValueError(f"no {CHECKPOINT_FILE} or {WEIGHTS_FILE} to publish the weights of {', '.join(without)}")
+    written = []
+    for record in to_publish:
+        target = out_dir / record.run_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED_FILES:
+            if (record.run_dir / name).exists():
+                shutil.copy2(record.run_dir / name, target / name)
+        if record.run_dir in with_weights:
+            if (record.run_dir / CHECKPOINT_FILE).is_file():
+                write_weights(record.run_dir, target)
+            else:
+                shutil.copy2(record.run_dir / WEIGHTS_FILE, target / WEIGHTS_FILE)
+            written.append(target / WEIGHTS_FILE)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +75,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="write the report into DIR and copy each run's " + ", ".join(PUBLISHED_FILES)
                              + " there (e.g. results/<name>: the committed record of a result; runs "
                                "themselves go to outputs/, which git ignores)")
+    parser.add_argument("--weights", action="store_true",
+                        help=f"with --publish: also write each completed run's {WEIGHTS_FILE} (its model as "
+                             "evaluated, without the optimiser state of its checkpoint) for lvae.load_run")
     args = parser.parse_args(argv)
+    if args.weights and not args.publish:
+        parser.error("--weights needs --publish DIR: it says where the weights go")
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
         parser.error(f"not a directory: {', '.join(map(str, missing))}")
@@ -66,7 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(budget_summary([r.metrics for r in records if r.completed]))
     if args.publish:
-        publish_runs(records, args.publish)
+        try:
+            written = publish_runs(records, args.publish, args.weights)
+        except (ValueError, CheckpointError) as error:
+            parser.error(str(error))
+        for path in written:
+            print(f"wrote {path}")
+        if args.weights:
+            skipped = [r.run_dir.name for r in records if r.run_dir.is_dir() and not r.completed]
+            if skipped:
+                print(f"no {WEIGHTS_FILE} for the runs that are not completed: {', '.join(skipped)}")
     for path in write_report(records, args.publish or args.out or args.dirs[0]):
         print(f"wrote {path}")
 

@@ -55,8 +55,9 @@ def plot_grid(grid: Grid, path: Path, title: str) -> None:
         ax.set_xticks(grid.layers)
         ax.grid(alpha=0.3)
     handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
-    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5),
-                  fontsize=10)
+    if handles:  # none while no run has completed
+        figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5),
+                      fontsize=10)
     figure.suptitle(title, fontsize=13)
     figure.savefig(path, dpi=110)
 

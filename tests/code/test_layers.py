@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent.parent / "lvae"
 # Each module of lvae/ by its first name below the package; a module may import its own layer and those below.
 LAYERS = {
     "face": ["__init__"],  # the package itself: lvae.load_run, lvae.iw_log_likelihood, the model classes
-    "commands": ["cli", "analyze", "report", "reproduce", "compare", "sweep"],
+    "commands": ["cli", "analyze", "report", "reproduce", "paper", "compare", "sweep"],
     "run": ["train", "finetune", "stored_run", "run_analysis", "summary"],
     # A run's folder, its record and what its config tells the core: below every command and the run.
     "run record": ["run_record", "run_config", "checkpoint", "provenance"],

@@ -92,3 +92,14 @@ def test_command_line_exits_with_the_message():
     assert result.returncode == 2
     assert "layers=0 is not allowed: layers must be an integer from 1 to 5" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_folder_name_too_long_for_a_file_system_is_cut_with_a_hash_of_the_whole():
+    from lvae.config import MAX_RUN_DIR_NAME, run_dir_name
+
+    overrides = ",".join(f"model.hidden_sizes=[{size},16,8,8,8]" for size in range(30))
+    name = run_dir_name(overrides)
+    assert len(name.encode()) <= MAX_RUN_DIR_NAME and name.startswith(overrides[:100])
+    assert run_dir_name(overrides) == name, "the same overrides find the same folder again"
+    assert run_dir_name(overrides.replace("[29,", "[99,")) != name, "overrides differing only at the end differ"
+    assert run_dir_name("layers=5,seed=0") == "layers=5,seed=0" and run_dir_name("") == "defaults"
