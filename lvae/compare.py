@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .run_record import PER_IMAGE_FILE, is_complete, read_per_image, read_record, status_of
+from .summary import variant_name
 
 
 @dataclass
@@ -46,7 +47,7 @@ def read_estimates(path: Path) -> RunEstimates:
     assumed = indices is None  # written when a subset was the first N test images
     if assumed:
         indices = torch.arange(len(per_image["test_log_likelihood"]))
-    return RunEstimates(path, metrics["seed"], f"{metrics['model'].upper()} L={metrics['layers']}", per_image,
+    return RunEstimates(path, metrics["seed"], f"{variant_name(metrics)} L={metrics['layers']}", per_image,
                         indices, assumed)
 
 
@@ -109,6 +110,9 @@ def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int
     for quantity in ("test_log_likelihood", "test_elbo"):
         results = [paired(a, b, quantity, images) for a, b in pairs]
         a_label, b_label = pairs[0][0].label, pairs[0][1].label
+        if a_label == b_label:  # the same variant in other settings (data, budget): the run folders tell them apart
+            a_label, b_label = (f"{label} ({run.path.name})" for label, run in ((a_label, pairs[0][0]),
+                                                                                (b_label, pairs[0][1])))
         lines += [f"{quantity} (nats, on the {min(r.images for r in results)} test images every pair scored"
                   f"{_origin(pairs)})", "",
                   f"| seed | {a_label} | {b_label} | {b_label} - {a_label} (paired, ± s.e.) |", "|---|---|---|---|"]

@@ -11,7 +11,8 @@ from lvae.compare import main, pair_by_seed, paired, read_estimates
 
 def _run(path, model: str, seed: int, values: torch.Tensor):
     path.mkdir(parents=True)
-    (path / "metrics.json").write_text(json.dumps({"status": "completed", "model": model, "layers": 5, "seed": seed}))
+    (path / "metrics.json").write_text(json.dumps({"status": "completed", "model": model, "layers": 5, "seed": seed,
+                                                   "batch_norm": True, "warmup_epochs": 2}))
     torch.save({"test_log_likelihood": values, "test_elbo": values - 5}, path / "per_image.pt")
     return path
 
@@ -39,6 +40,15 @@ def test_runs_are_paired_by_seed_and_the_table_prints(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 0 | -90.00 | -89.50 | +0.50 ± 0.00 |" in out
     assert "| mean ± std over 2 seeds | -90.00 ± 0.00 | -89.00 ± 0.71 | +1.00 ± 0.71 |".replace("+1.00", "1.00") in out
+
+
+def test_the_table_names_the_variants_and_tells_apart_runs_of_the_same_variant(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    main(["--a", str(_run(tmp_path / "vae", "vae", 0, values)), "--b", str(_run(tmp_path / "lvae", "lvae", 0, values))])
+    assert "| seed | VAE+BN+WU L=5 | LVAE+BN+WU L=5 |" in capsys.readouterr().out
+    main(["--a", str(_run(tmp_path / "scale=255", "lvae", 0, values)),
+          "--b", str(_run(tmp_path / "scale=256", "lvae", 0, values))])
+    assert "| seed | LVAE+BN+WU L=5 (scale=255) | LVAE+BN+WU L=5 (scale=256) |" in capsys.readouterr().out
 
 
 def test_a_run_without_per_image_estimates_is_refused(tmp_path):
