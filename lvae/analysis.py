@@ -210,15 +210,18 @@ def plot_active_units(results_by_run: dict[str, ActiveUnits], path: Path) -> Non
 
 
 def plot_pca(samples_by_run: dict[str, list[torch.Tensor]], labels: torch.Tensor, path: Path) -> None:
-    """Grid of scatter plots: rows = runs, columns = layers, the first two PCs of z_i ~ q coloured by digit.
+    """Grid of scatter plots: rows = runs, columns = layers, the first two PCs of z_i ~ q coloured by class.
 
     samples_by_run: per run, one (N, d_i) tensor of posterior samples per layer
-    (`posterior_samples`); labels: (N,) digit labels of the same images.
+    (`posterior_samples`); labels: (N,) class labels of the same images (digits for MNIST), -1 for a
+    dataset without classes, whose points get one colour.
     """
     n_layers = max(len(samples) for samples in samples_by_run.values())
     figure = Figure(figsize=(3.2 * n_layers + 1.2, 3.3 * len(samples_by_run) + 0.6), layout="constrained")
     axes = figure.subplots(len(samples_by_run), n_layers, squeeze=False)
-    colours = matplotlib.colormaps["tab10"]
+    classes = int(labels.max()) + 1 if bool((labels >= 0).all()) else 0
+    colours = matplotlib.colormaps["tab10" if classes <= DIGITS else "nipy_spectral"]
+    colour_of = {"c": labels.cpu().numpy(), "cmap": colours, "vmin": -0.5, "vmax": classes - 0.5} if classes else {}
     point_size = min(20.0, max(3.0, 8000 / len(labels)))  # smaller points for denser plots
     for row, (name, samples) in zip(axes, samples_by_run.items()):
         for i, ax in enumerate(row):
@@ -226,14 +229,16 @@ def plot_pca(samples_by_run: dict[str, list[torch.Tensor]], labels: torch.Tensor
                 ax.set_axis_off()
                 continue
             scores, ratios = pca_2d(samples[i])
-            points = ax.scatter(scores[:, 0].numpy(), scores[:, 1].numpy(), c=labels.cpu().numpy(), cmap=colours,
-                                vmin=-0.5, vmax=DIGITS - 0.5, s=point_size, alpha=0.7, linewidths=0)
+            points = ax.scatter(scores[:, 0].numpy(), scores[:, 1].numpy(), s=point_size, alpha=0.7, linewidths=0,
+                                **colour_of)
             ax.set_title(f"{name} z{i + 1}\nd={samples[i].shape[1]}, explained variance "
                          f"PC1 {ratios[0]:.0%}, PC2 {ratios[1]:.0%}", fontsize=9)
             ax.set_xlabel("PC1")
             ax.set_ylabel("PC2")
             ax.tick_params(labelsize=7)
-    figure.colorbar(points, ax=axes, ticks=range(DIGITS), label="digit label", shrink=0.6, aspect=30, pad=0.01)
+    if classes:
+        figure.colorbar(points, ax=axes, ticks=range(0, classes, max(1, classes // DIGITS)), label="class label",
+                        shrink=0.6, aspect=30, pad=0.01)
     figure.suptitle("First two principal components of posterior samples z$_i$ ~ q, test images", fontsize=13)
     figure.savefig(path, dpi=110)
 
@@ -288,9 +293,10 @@ def log_to_tensorboard(writer: SummaryWriter, model: HierarchicalVAE, images: to
 
 def nearest_centroid_accuracy(samples: torch.Tensor, labels: torch.Tensor) -> float:
     """How well a layer's posterior samples tell the classes apart: the accuracy of a nearest-class-mean
-    classifier fitted on the even-numbered images and scored on the odd-numbered ones (chance: about
-    1 / classes). samples: (N, d); labels: (N,) integer classes."""
-    fit, score = slice(0, None, 2), slice(1, None, 2)
+    classifier fitted on a random half of the images and scored on the other half, N - N // 2 images
+    (chance: about 1 / classes). samples: (N, d); labels: (N,) integer classes."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).to(labels.device)
+    fit, score = order[:len(labels) // 2], order[len(labels) // 2:]
     classes = labels[fit].unique()
     centroids = torch.stack([samples[fit][labels[fit] == c].double().mean(0) for c in classes])
     nearest = torch.cdist(samples[score].double(), centroids).argmin(1)

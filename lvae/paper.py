@@ -247,7 +247,7 @@ def pca_verdict(analysis: Optional[dict], paper: Paper) -> Verdict:
     if not all(name in runs and "nearest_centroid_accuracy" in runs[name] for name in (lvae, vae)):
         return Verdict(NOT_TESTABLE, f"needs {LVAE} and {BEST_VAE} at L={paper.layers} on a dataset with classes")
     top_l, top_v = runs[lvae]["nearest_centroid_accuracy"][-1], runs[vae]["nearest_centroid_accuracy"][-1]
-    n = analysis["test_images"] // 2  # the odd-numbered images are scored
+    n = analysis["test_images"] - analysis["test_images"] // 2  # the images scored (nearest_centroid_accuracy)
     stderr = math.sqrt(top_l * (1 - top_l) / n + top_v * (1 - top_v) / n)
     d = Difference(100 * (top_l - top_v), 100 * stderr, f"binomial standard error, {n:,} scored images")
     verdict = better_verdict(d, f"digit accuracy of a nearest-class-mean classifier on the top layer's posterior, "

@@ -178,3 +178,24 @@ def test_the_analysis_leaves_the_callers_random_state_as_it_was(tmp_path):
     before = torch.get_rng_state()
     analyze([RunToAnalyze("lvae", model.eval(), data, seed=3)], tmp_path, AnalysisSettings())
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_nearest_class_mean_accuracy_is_one_for_separated_classes_and_chance_for_none():
+    from lvae.analysis import nearest_centroid_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(2000) % 4
+    separated = torch.nn.functional.one_hot(labels, 4).double() * 10 + torch.randn(2000, 4, generator=generator)
+    assert nearest_centroid_accuracy(separated, labels) == 1.0
+    noise = torch.randn(2000, 4, generator=generator)
+    assert abs(nearest_centroid_accuracy(noise, labels) - 0.25) < 0.05, "no information: chance, 1 / 4"
+
+
+def test_pca_is_drawn_for_digits_for_many_classes_and_for_a_dataset_without_classes(tmp_path):
+    from lvae.analysis import plot_pca
+
+    samples = {"run": [torch.randn(60, 4), torch.randn(60, 2)]}
+    for name, labels in (("digits", torch.arange(60) % 10), ("many", torch.arange(60) % 50),
+                         ("none", torch.full((60,), -1))):
+        plot_pca(samples, labels, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
