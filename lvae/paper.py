@@ -79,7 +79,8 @@ def completed(runs: list[RunRecord]) -> list[RunRecord]:
 
 def difference(runs_a: list[RunRecord], runs_b: list[RunRecord], quantity: str) -> Optional[Difference]:
     """b - a of `quantity` (test_log_likelihood or test_elbo), paired image by image per seed; None without a pair.
-    Runs without per-image estimates (older records) are compared by their means (standard errors added)."""
+    Runs without per-image estimates (older records) are compared by their means (standard errors added), and
+    only when both scored the whole test set."""
     by_seed = {r.metrics["seed"]: r for r in completed(runs_b)}
     pairs = [(a, by_seed[a.metrics["seed"]]) for a in completed(runs_a) if a.metrics["seed"] in by_seed]
     if not pairs:
@@ -91,12 +92,16 @@ def difference(runs_a: list[RunRecord], runs_b: list[RunRecord], quantity: str) 
             values.append(result.difference)
             stderrs.append(result.difference_stderr)
             images.add(result.images)
-        except (OSError, ValueError):  # no per_image.pt, or other images: the means, unpaired
+        except (OSError, ValueError):  # no per_image.pt, or other images: the means, unpaired, of whole test sets only
             ma, mb = a.metrics[quantity], b.metrics[quantity]
+            if not all(m["images"] == m.get("test_set_images") for m in (ma, mb)):
+                continue  # means over different test images are no comparison (docs/method.md, section 5)
             values.append(mb["mean"] - ma["mean"])
             stderrs.append(math.hypot(ma["stderr"], mb["stderr"]))
             images.add(min(ma["images"], mb["images"]))
     n = len(values)
+    if n == 0:
+        return None
     if n == 1:
         return Difference(values[0], stderrs[0], f"paired over {min(images):,} test images, 1 seed")
     return Difference(statistics.fmean(values), statistics.stdev(values) / math.sqrt(n),
@@ -106,7 +111,7 @@ def difference(runs_a: list[RunRecord], runs_b: list[RunRecord], quantity: str) 
 def better_verdict(d: Optional[Difference], what: str) -> Verdict:
     """`what` (b better than a) from the difference b - a."""
     if d is None:
-        return Verdict(NOT_TESTABLE, f"{what}: the runs are missing or unfinished")
+        return Verdict(NOT_TESTABLE, f"{what}: the runs are missing, unfinished, or scored other test images")
     text = f"{what}: {d.value:+.2f} ± {d.stderr:.2f} nats ({d.basis})"
     if d.value > 2 * d.stderr:
         return Verdict(SUPPORTED, text)

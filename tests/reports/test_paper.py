@@ -87,3 +87,17 @@ def test_the_command_runs_figure_3_then_the_table_like_make_reproduce(tmp_path, 
     assert [command[2:7] for command in commands] == [["lvae.reproduce", "--experiment", step, "--budget", "quick"]
                                                       for step in ("fig3", "table1")]
     assert all(command[-1] == "train.epochs=1" for command in commands)
+
+
+def test_runs_without_per_image_estimates_are_compared_only_on_the_whole_test_set(tmp_path):
+    from lvae.paper import difference
+    from lvae.report.runs import RunRecord
+
+    def record(name: str, mean: float, images: int) -> RunRecord:  # an older record: no per_image.pt beside it
+        metric = {"mean": mean, "stderr": 0.3, "images": images, "test_set_images": 10_000}
+        return RunRecord(tmp_path / name, "completed", {"seed": 0, "test_log_likelihood": metric}, None)
+
+    whole = difference([record("a", -90.0, 10_000)], [record("b", -89.0, 10_000)], "test_log_likelihood")
+    assert whole.value == pytest.approx(1.0) and whole.stderr == pytest.approx(0.3 * 2 ** 0.5)
+    assert difference([record("a", -90.0, 300)], [record("b", -89.0, 300)], "test_log_likelihood") is None, \
+        "two samples of 300 images: not known to be the same images"
