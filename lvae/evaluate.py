@@ -322,8 +322,11 @@ class CurveSettings:
 
 
 def _elbo_and_kl_per_unit(trace: Trace) -> torch.Tensor:
-    """The 1-sample ELBO (row 0) and every unit's KL term (rows 1.., z_1's units first) of every image: (1 + sum d_i, B)."""
-    return torch.cat([elbo(trace), *(layer.kl_term_per_unit()[0].T for layer in trace.layers)])
+    """The 1-sample ELBO (row 0) and every unit's KL term (rows 1.., z_1's units first) of every image: (1 + sum d_i, B).
+    Each unit's term is computed once: the ELBO takes their sums per layer (as `kl_per_layer` forms them)."""
+    units = [layer.kl_term_per_unit() for layer in trace.layers]  # (S, B, d_i) each
+    kl = torch.stack([unit.sum(-1) for unit in units])
+    return torch.cat([elbo(trace, kl=kl), *(unit[0].T for unit in units)])
 
 
 def curve_point(model: HierarchicalVAE, data: ImageData, settings: CurveSettings) -> dict:
