@@ -98,14 +98,12 @@ def _origin(pairs: list[tuple[RunEstimates, RunEstimates]]) -> str:
     return ""
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+def _mean_std(values: list[float], sign: str = "") -> str:
+    return f"{statistics.fmean(values):{sign}.2f} ± {statistics.stdev(values):.2f}"
 
 
 def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int | None = None) -> str:
-    """Markdown: one line per seed and quantity, then the mean ± std over seeds."""
+    """Markdown: one line per seed and quantity, then, for several seeds, the mean ± std over them."""
     lines = []
     for quantity in ("test_log_likelihood", "test_elbo"):
         results = [paired(a, b, quantity, images) for a, b in pairs]
@@ -118,8 +116,12 @@ def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int
                   f"| seed | {a_label} | {b_label} | {b_label} - {a_label} (paired, ± s.e.) |", "|---|---|---|---|"]
         lines += [f"| {r.seed} | {r.mean_a:.2f} | {r.mean_b:.2f} | {r.difference:+.2f} ± {r.difference_stderr:.2f} |"
                   for r in results]
-        lines += [f"| mean ± std over {len(results)} seeds | {_mean_std([r.mean_a for r in results])} "
-                  f"| {_mean_std([r.mean_b for r in results])} | {_mean_std([r.difference for r in results])} |", ""]
+        if len(results) > 1:  # with one seed, the line above says it all
+            means_a, means_b, differences = ([getattr(r, name) for r in results]
+                                             for name in ("mean_a", "mean_b", "difference"))
+            lines.append(f"| mean ± std over {len(results)} seeds | {_mean_std(means_a)} | {_mean_std(means_b)} "
+                         f"| {_mean_std(differences, '+')} |")
+        lines.append("")
     return "\n".join(lines)
 
 

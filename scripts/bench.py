@@ -1,6 +1,7 @@
 """Benchmark training and K=5000 evaluation, eager and compiled, against the device's own matmul rate.
 
     python scripts/bench.py [--device auto] [--eval-images 64] [--naive-images 8] [--profile]
+                            [--chunk-budgets MB [MB ...]]
 
 Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by side:
 - training: ms per step at batch 256 (the real training loop), and the model's FLOP rate
@@ -10,7 +11,10 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
   matmul rate, peak memory against the budget, and the projected time of the full
   10,000-image test set;
 - a summary per model: the projected minutes per 100 MNIST epochs and hours of the paper's budget
-  (its epochs, then the full test set at K = 5000), with the step, evaluation and matmul figures;
+  (its epochs, then the full test set at K = 5000), with the step, evaluation and matmul figures, and
+  the floor: what a step and the full test set would take if their matmuls ran at the measured
+  matmul rate with nothing else to do;
+- with --chunk-budgets: the compiled evaluation's speed at other chunk sizes (eval.memory_budget_mb);
 - (eager) the time for K = 100, 1000, 5000 and for 1 to 5 layers;
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
@@ -49,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from lvae.config import DEVICES, compose_config, resolve_device  # noqa: E402
 from lvae.data import ImageData  # noqa: E402
-from lvae.evaluate import evaluation_copy, fold_batchnorm, iw_log_likelihood  # noqa: E402
+from lvae.evaluate import chunk_layout, evaluation_copy, fold_batchnorm, iw_log_likelihood  # noqa: E402
 from lvae.models import HierarchicalVAE, build_model  # noqa: E402
 from lvae.objectives import log_importance_weights  # noqa: E402
 from lvae.provenance import describe_device  # noqa: E402
@@ -296,6 +300,12 @@ def print_summary(training: dict, evaluation: dict) -> None:
         print(f"        evaluation {evals[0]['pairs_per_s']:6,.0f} | {evals[1]['pairs_per_s']:6,.0f} pairs/s "
               f"({evals[0]['model_flops'] / eval_rate:.0%} | {evals[1]['model_flops'] / eval_rate:.0%} of matmul)  "
               f"full test set {evals[0]['full_test_minutes']:.1f} | {evals[1]['full_test_minutes']:.1f} min")
+        # The floor: the same matmuls at the matmul rate measured on their shapes, with nothing else to do.
+        step_floor_ms = steps[1]["ms_per_step"] * steps[1]["model_flops"] / train_rate
+        test_floor_min = evals[1]["full_test_minutes"] * evals[1]["model_flops"] / eval_rate
+        print(f"        floor (the matmuls alone, at {train_rate / 1e9:.0f} | {eval_rate / 1e9:.0f} GFLOP/s): "
+              f"{step_floor_ms:.1f} ms/step, 100 epochs {100 * STEPS_PER_EPOCH * step_floor_ms / 1000 / 60:.0f} min, "
+              f"full test set {test_floor_min:.1f} min")
 
 
 def main() -> None:
@@ -306,6 +316,8 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=8)
     parser.add_argument("--memory-budget-mb", type=int, default=1024)
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators")
+    parser.add_argument("--chunk-budgets", type=int, nargs="*", default=[], metavar="MB",
+                        help="also time the compiled evaluation at these eval.memory_budget_mb values (chunk sizes)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"lvae benchmark on {describe_device(device)}, torch {torch.__version__}\n")
@@ -344,6 +356,18 @@ def main() -> None:
         for compiled in (False, True):
             print(f"\nProfile of 20 training steps, LVAE, {'compiled' if compiled else 'eager'}:")
             print(profile_training("lvae", device, compiled))
+
+    if args.chunk_budgets:
+        print(f"\nEvaluation against the chunk size, compiled, K=5000, {args.eval_images} images "
+              "(eval.memory_budget_mb; no budget changes a number):")
+        for model_name in ("lvae", "vae"):
+            for budget in args.chunk_budgets:
+                r = bench_evaluation(model_name, device, args.eval_images, budget, compiled=True)
+                images, samples = chunk_layout(evaluation_model(model_name, 5, device), args.eval_images, 5000, budget)
+                print(f"  {model_name.upper():4s} {budget:5d} MB: chunks of {images} x {samples} "
+                      f"= {images * samples:6,d} pairs  {r['pairs_per_s']:7,.0f} pairs/s  "
+                      f"{r['model_flops'] / r['matmul_flops']:.0%} of matmul  full test set "
+                      f"{r['full_test_minutes']:.1f} min")
 
     print("\nEvaluation time against K (LVAE, 5 layers, per image):")
     model = evaluation_model("lvae", 5, device)
