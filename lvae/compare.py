@@ -9,7 +9,8 @@ fixed random order), so a pair's difference b - a is taken image by image, on th
 runs scored, and runs that scored other images are refused. Its
 standard error is that of the per-image differences, far smaller than either run's own
 standard error, which is dominated by how much the images differ from one another.
-Over seeds, the table gives the mean and standard deviation of each quantity.
+Over seeds, the table gives the mean and standard deviation of each quantity. When the runs recorded
+training curves (eval.curve_every), a second table gives b - a along training.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ class RunEstimates:
     per_image: dict[str, torch.Tensor]  # quantity -> (N,) float64
     indices: torch.Tensor  # (N,) each value's image: its index in the whole test set
     indices_assumed: bool = False  # per_image.pt predates the indices: taken as the first N test images
+    curves: dict[int, dict] = field(default_factory=dict)  # epoch -> its training-curve point (eval.curve_every)
 
 
 def read_estimates(path: Path) -> RunEstimates:
@@ -47,8 +49,9 @@ def read_estimates(path: Path) -> RunEstimates:
     assumed = indices is None  # written when a subset was the first N test images
     if assumed:
         indices = torch.arange(len(per_image["test_log_likelihood"]))
+    curves = {record["epoch"]: record["curve"] for record in metrics.get("history", []) if "curve" in record}
     return RunEstimates(path, metrics["seed"], f"{variant_name(metrics)} L={metrics['layers']}", per_image,
-                        indices, assumed)
+                        indices, assumed, curves)
 
 
 def _describe_indices(run: RunEstimates) -> str:
@@ -125,6 +128,35 @@ def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int
     return "\n".join(lines)
 
 
+CURVE_QUANTITIES = (("test_bound", "test bound"), ("test_elbo", "test ELBO"), ("train_elbo", "train ELBO"))
+
+
+def curve_table(pairs: list[tuple[RunEstimates, RunEstimates]]) -> str:
+    """Markdown: b - a along training, at the epochs where every run recorded a training-curve point measured
+    the same way (K and images); "" when there are none. Means over seeds; no standard error, because a
+    curve point stores means only (lvae.evaluate.curve_point)."""
+    runs = [run for pair in pairs for run in pair]
+    settings = {(c["iw_samples"], c["images"]) for run in runs for c in run.curves.values()}
+    epochs = sorted(set.intersection(*(set(run.curves) for run in runs)))
+    if not epochs or len(settings) != 1:
+        return ""
+    (k, images), = settings
+    a_label, b_label = pairs[0][0].label, pairs[0][1].label
+    lines = [f"along training (curves: means over the same {images} test images, test bound with K={k}, and "
+             f"{images} training images; {len(pairs)} seed{'s' if len(pairs) > 1 else ''}; no ± here: a curve "
+             "point stores means only)", "",
+             f"| epoch | {a_label} test bound | {b_label} test bound | "
+             + " | ".join(f"{name}, b - a" for _, name in CURVE_QUANTITIES) + " |",
+             "|---|---|---|" + "---|" * len(CURVE_QUANTITIES)]
+    for epoch in epochs:
+        points = [(a.curves[epoch], b.curves[epoch]) for a, b in pairs]
+        cells = [f"{statistics.fmean(a['test_bound'] for a, _ in points):.2f}",
+                 f"{statistics.fmean(b['test_bound'] for _, b in points):.2f}",
+                 *(f"{statistics.fmean(b[key] - a[key] for a, b in points):+.2f}" for key, _ in CURVE_QUANTITIES)]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lvae.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="run directories of the first model")
@@ -138,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         parser.exit(2, f"{error}\n")
     print(table)
+    if curves := curve_table(pairs):
+        print(curves)
 
 
 if __name__ == "__main__":

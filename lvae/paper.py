@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .analysis import layer_names, plot_bounds_vs_epochs, plot_kl_per_layer_bars, plot_kl_per_unit, ACTIVITY_THRESHOLD
-from .compare import paired, read_estimates
+from .compare import curve_table, pair_by_seed, paired, read_estimates
 from .report.grid import Grid, build_grid
 from .report.markdown import budget_summary
 from .report.output import write_report
@@ -164,6 +164,17 @@ def curves_verdict(paper: Paper) -> Verdict:
         verdict.because += (f"; on the curves after warm-up, the LVAE's test bound is the higher at {ahead} of "
                             f"{len(shared)} points")
     return verdict
+
+
+def curve_differences(paper: Paper) -> list[str]:
+    """LVAE+BN+WU - VAE+BN+WU along training, from the curve points of the runs of both (lvae.compare)."""
+    try:
+        pairs = pair_by_seed(*([read_estimates(r.run_dir) for r in completed(paper.cell(row))]
+                               for row in (BEST_VAE, LVAE)))
+    except (OSError, ValueError):  # a variant missing, no shared seed, or no per-image estimates
+        return []
+    table = curve_table(pairs)
+    return [table] if table else []
 
 
 def fig3_verdict(paper: Paper) -> Verdict:
@@ -353,7 +364,8 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
         return [f"![{caption}]({name})", ""] if (out_dir / name).exists() else [f"({caption}: nothing to draw)", ""]
 
     sections = [
-        ("1. Bounds during training", "curves", figure("bounds_vs_epochs.png", "train and test bounds against epochs"),
+        ("1. Bounds during training", "curves",
+         [*figure("bounds_vs_epochs.png", "train and test bounds against epochs"), *curve_differences(paper)],
          curves_verdict(paper)),
         ("2. Figure 3: bounds against depth", "fig3", [*figure("fig3/fig3.png", "Figure 3"),
                                                         "Tables: [fig3/results.md](fig3/results.md).", ""],

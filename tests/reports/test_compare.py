@@ -91,3 +91,35 @@ def test_old_estimates_without_indices_are_taken_as_the_first_images_and_say_so(
     assert torch.equal(read_estimates(a).indices, torch.arange(50)) and read_estimates(a).indices_assumed
     main(["--a", str(a), "--b", str(b)])
     assert "without test-image indices: taken as the first test images" in capsys.readouterr().out
+
+
+def _with_curves(path, offset: float, epochs=(10, 20), k: int = 100):
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["history"] = [{"epoch": e, "curve": {"test_bound": -90.0 + e / 10 + offset, "test_elbo": -95.0 + offset,
+                                                 "train_elbo": -94.0 + 2 * offset, "iw_samples": k, "images": 1000}}
+                          for e in epochs] + [{"epoch": 15}]  # an epoch without a curve point
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+def test_the_difference_along_training_from_the_curves(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a = [_with_curves(_run(tmp_path / f"a{s}", "vae", s, values), 0.0) for s in (0, 1)]
+    b = [_with_curves(_run(tmp_path / f"b{s}", "lvae", s, values), 0.5 * (s + 1)) for s in (0, 1)]
+    main(["--a", *map(str, a), "--b", *map(str, b)])
+    out = capsys.readouterr().out
+    assert "along training" in out and "K=100" in out and "2 seeds" in out
+    # seed 0: +0.5, seed 1: +1.0 -> mean +0.75 (test bound, test ELBO), train ELBO twice that
+    assert "| 10 | -89.00 | -88.25 | +0.75 | +0.75 | +1.50 |" in out
+    assert "| 20 | -88.00 | -87.25 | +0.75 | +0.75 | +1.50 |" in out
+    assert "| 15 |" not in out
+
+
+def test_curves_measured_differently_or_absent_give_no_table(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a = _with_curves(_run(tmp_path / "a", "vae", 0, values), 0.0, k=100)
+    b = _with_curves(_run(tmp_path / "b", "lvae", 0, values), 0.5, k=1000)
+    c = _run(tmp_path / "c", "lvae", 0, values)
+    for other in (b, c):
+        main(["--a", str(a), "--b", str(other)])
+        assert "along training" not in capsys.readouterr().out

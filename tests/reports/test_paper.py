@@ -57,6 +57,7 @@ def test_every_item_is_written_under_its_claim_with_a_computed_verdict(tiny_pape
         verdict = re.search(r"\*\*Verdict: (.+?)\*\*", section).group(1)
         assert verdict in (SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE), section
     assert "| z1 (of 4) | z2 (of 2) |" in index, "the active-units table, per layer"
+    assert "| epoch | VAE+BN+WU L=5 test bound | LVAE+BN+WU L=5 test bound |" in sections[0], "their difference"
     assert "| LVAE+BN+WU + fine-tuning (MC=10, IW=10) | -" in index, "the fine-tuned rows of the MNIST table"
     assert "OMNIGLOT" in index and "NORB" in index
     assert "**Not the paper's budget**" in index
