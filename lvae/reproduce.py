@@ -22,10 +22,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, use_compile
 from .config import ConfigError, validate
+from .evaluate import curve_interval
 from .models import build_model
 from .provenance import is_current_numerics
 from .run_config import model_spec
@@ -34,10 +37,12 @@ from .report.output import write_report
 from .report.runs import collect_runs
 from .sweep import Job, sweep_jobs
 
-# Rates measured on the reference machine; an estimate scales them by each run's size.
+# Rates measured on the reference machine; an estimate scales them by each run's size. `make bench` on the
+# idle machine, 2026-12-02, commit 0081320 (docs/performance.md), the slower of the 5-layer LVAE and VAE:
+# 234 steps of 91.8 ms eager (LVAE) and 58.9 ms compiled (VAE); evaluation 24,055 and 26,204 pairs/s.
 REFERENCE_MACHINE = "2 CPU cores (x86_64), torch on the CPU with 2 threads"
-SECONDS_PER_EPOCH = 9.5  # one epoch of a 5-layer VAE or LVAE over all 60,000 training images, batch 256
-IW_SAMPLES_PER_SECOND = 30_000  # (image x sample) per second of the K=5000 evaluation, 5-layer LVAE
+SECONDS_PER_EPOCH = {False: 21.5, True: 13.8}  # eager, compiled: a 5-layer epoch over 60,000 images, batch 256
+IW_SAMPLES_PER_SECOND = {False: 24_000, True: 26_000}  # eager, compiled: (image x sample)/s, 5-layer, K=5000
 SECONDS_PER_RUN = 3.0  # loading the data, the end-of-run analysis and figures, checkpoints
 SECONDS_TO_START = 6.0  # importing torch and Hydra, once per sweep
 MNIST_PIXELS, MNIST_TRAIN_IMAGES, MNIST_TEST_IMAGES = 784, 60_000, 10_000
@@ -74,16 +79,27 @@ def matmul_share(cfg: DictConfig) -> float:
 
 
 def estimate_run(cfg: DictConfig, epochs_done: int = 0) -> Estimate:
-    """Seconds that the run `cfg` takes on the reference machine, from epoch `epochs_done` on."""
+    """Seconds that the run `cfg` takes on the reference machine, from epoch `epochs_done` on: its training
+    steps (compiled or eager, as `auto` decides on a CPU), its training-curve points and its evaluation."""
     share = matmul_share(cfg)
     samples = cfg.train.mc_samples * cfg.train.iw_samples
     train_images = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
     test_images = min(cfg.eval.test_subset or MNIST_TEST_IMAGES, MNIST_TEST_IMAGES)
-    epoch = SECONDS_PER_EPOCH * share * train_images / MNIST_TRAIN_IMAGES
+    epochs = cfg.train.epochs - epochs_done
+    cpu = torch.device("cpu")
+    compiled_step = use_compile(cfg.train.compile, cpu, epochs * (train_images // cfg.train.batch_size),
+                                CPU_MIN_TRAIN_STEPS)
+    compiled_eval = use_compile(cfg.eval.compile, cpu, test_images * cfg.eval.iw_samples, CPU_MIN_EVAL_PAIRS)
+    epoch = SECONDS_PER_EPOCH[compiled_step] * share * train_images / MNIST_TRAIN_IMAGES
     evaluated_samples = test_images * (cfg.eval.iw_samples + 1) + cfg.eval.train_subset * samples
-    return Estimate(train=(cfg.train.epochs - epochs_done) * epoch * samples,
+    interval = curve_interval(cfg.eval.curve_every, cfg.train.epochs)
+    curve_points = cfg.train.epochs // interval - epochs_done // interval if interval else 0
+    # A point: the K-sample test bound, then 1-sample passes over the test and training images; eager.
+    curve_samples = curve_points * cfg.eval.curve_images * (cfg.eval.curve_iw_samples + 2)
+    return Estimate(train=epochs * epoch * samples,
                     batch_norm=epoch / 3,  # a forward pass costs about a third of a training step
-                    evaluate=evaluated_samples * share / IW_SAMPLES_PER_SECOND,
+                    evaluate=share * (evaluated_samples / IW_SAMPLES_PER_SECOND[compiled_eval]
+                                      + curve_samples / IW_SAMPLES_PER_SECOND[False]),
                     overhead=SECONDS_PER_RUN)
 
 
@@ -125,8 +141,9 @@ def describe_estimate(estimate: Estimate, runs: int, complete: int, label: str) 
         f"  On the reference machine, {REFERENCE_MACHINE}: about {duration(estimate.total)}",
         f"  (training {duration(estimate.train)}, batch-norm statistics {duration(estimate.batch_norm)}, "
         f"evaluation {duration(estimate.evaluate)}, loading and analysis {duration(estimate.overhead)}).",
-        f"  From measured rates: {SECONDS_PER_EPOCH} s per 5-layer epoch over 60,000 images, "
-        f"{IW_SAMPLES_PER_SECOND:,} (image x sample)/s at K=5000;",
+        f"  From measured rates: {SECONDS_PER_EPOCH[False]} s (eager) and {SECONDS_PER_EPOCH[True]} s (compiled) "
+        f"per 5-layer epoch over 60,000 images, {IW_SAMPLES_PER_SECOND[False]:,} and {IW_SAMPLES_PER_SECOND[True]:,} "
+        "(image x sample)/s at K=5000;",
         "  shallower models by their share of the matmul work. A GPU takes a small fraction of this.",
     ])
 

@@ -22,7 +22,8 @@ from lvae.provenance import NUMERICS_VERSION
 from lvae.report import main as report_main
 from lvae.report.paper import BUDGET_KEYS
 from lvae.report.runs import collect_runs
-from lvae.reproduce import describe_other_code, estimate_jobs, main as reproduce_main
+from lvae.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs, estimate_run,
+                             main as reproduce_main)
 from lvae.run_config import model_spec
 from lvae.sweep import expand_overrides, sweep_jobs
 from lvae.train import run
@@ -92,11 +93,25 @@ def test_budgets_keep_the_model_and_the_papers_warmup_ratio():
             assert cfg.warmup_epochs in (0, cfg.train.epochs // 10)
 
 
-def test_quick_budget_is_estimated_within_the_hour(tmp_path):
+def test_the_estimate_counts_what_a_run_does(tmp_path):
+    """Epochs at the eager or the compiled rate, as `auto` decides; each training-curve point; what is left
+    of an interrupted run."""
+    def run_estimate(*overrides: str, epochs_done: int = 0):
+        return estimate_run(compose_config("experiment=fig3", "budget=quick", "layers=5", *overrides), epochs_done)
+
+    no_curves = run_estimate("eval.curve_every=0")
+    assert no_curves.train == pytest.approx(10 * SECONDS_PER_EPOCH[False]), "quick: 10 eager epochs of 5 layers"
+    curve = 1000 * (100 + 2) / IW_SAMPLES_PER_SECOND[False]  # K=100 on 1,000 test images, two 1-sample passes
+    assert run_estimate().evaluate - no_curves.evaluate == pytest.approx(10 * curve), "a point after every epoch"
+    assert run_estimate("eval.curve_every=5").evaluate - no_curves.evaluate == pytest.approx(2 * curve)
+    assert run_estimate(epochs_done=6).evaluate - no_curves.evaluate == pytest.approx(4 * curve)
+    assert run_estimate("train.compile=true").train == pytest.approx(10 * SECONDS_PER_EPOCH[True])
+    long = run_estimate("train.epochs=200", "eval.curve_every=0")  # 46,800 steps: `auto` compiles on the CPU
+    assert long.train == pytest.approx(200 * SECONDS_PER_EPOCH[True])
     jobs = sweep_jobs(["experiment=fig3", "budget=quick", f"hydra.sweep.dir={tmp_path}"])
     estimate, complete, other_code = estimate_jobs(jobs)
     assert complete == 0 and other_code == []
-    assert 45 * 60 <= estimate.total <= 55 * 60
+    assert estimate.train < 20 * 10 * SECONDS_PER_EPOCH[False], "shallower models cost their share"
 
 
 def test_complete_runs_of_another_numerics_version_are_counted_and_named(tmp_path):
