@@ -1,7 +1,7 @@
 """Benchmark training and K=5000 evaluation, eager and compiled, against the device's own matmul rate.
 
     python scripts/bench.py [--device auto] [--eval-images 64] [--naive-images 8] [--profile]
-                            [--chunk-budgets MB [MB ...]]
+                            [--chunk-budgets MB [MB ...]] [--processes N [N ...]]
 
 Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by side:
 - training: ms per step at batch 256 (the real training loop), and the model's FLOP rate
@@ -15,6 +15,8 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
   the floor: what a step and the full test set would take if their matmuls ran at the measured
   matmul rate with nothing else to do;
 - with --chunk-budgets: the compiled evaluation's speed at other chunk sizes (eval.memory_budget_mb);
+- runs sharing the machine: 1 and 2 (--processes) training processes at once, each with its share of
+  the cores as threads: whether a sweep gains from running its jobs side by side;
 - (eager) the time for K = 100, 1000, 5000 and for 1 to 5 layers;
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
@@ -36,7 +38,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +57,7 @@ from torch.utils.tensorboard import SummaryWriter
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
 from lvae.config import DEVICES, compose_config, resolve_device  # noqa: E402
 from lvae.data import ImageData  # noqa: E402
 from lvae.evaluate import chunk_layout, evaluation_copy, fold_batchnorm, iw_log_likelihood  # noqa: E402
@@ -62,6 +69,7 @@ from lvae.run_config import model_spec  # noqa: E402
 from lvae.train import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
+PAPER_EPOCHS = 2000
 IMAGE_DIM = 784
 TEST_SET = MNIST_TEST_IMAGES
 STEPS_PER_EPOCH = MNIST_TRAIN_IMAGES // BATCH  # the last partial batch is dropped
@@ -282,6 +290,37 @@ def bench_naive(device: torch.device, n_images: int, budget_mb: int) -> dict:
             "naive": naive[0].mean().item(), "ours": ours[0].mean().item(), "stderr": stderr}
 
 
+def concurrent_training(device: torch.device, size: Size, processes: list[int], steps: int) -> list[dict]:
+    """n processes training the 5-layer LVAE at once, as a paper run does (compiled), each with its share of
+    the CPU cores as threads, after its own warm-up, started together through a barrier."""
+    results = []
+    for n in processes:
+        with tempfile.TemporaryDirectory() as barrier:
+            workers = [subprocess.Popen([sys.executable, __file__, "--worker", barrier, str(n), str(steps),
+                                         json.dumps(dataclasses.asdict(size)), "--device", device.type],
+                                        stdout=subprocess.PIPE, text=True) for _ in range(n)]
+            ms = [json.loads(w.communicate()[0].strip().splitlines()[-1])["ms_per_step"] for w in workers]
+        if any(w.returncode for w in workers):
+            raise RuntimeError(f"a worker of the {n}-process measurement failed")
+        results.append({"processes": n, "ms_per_step_each": ms,
+                        "total_steps_per_s": sum(1000 / m for m in ms)})
+    return results
+
+
+def worker(barrier: str, n: int, steps: int, device: torch.device, size: Size) -> None:
+    """One of n concurrent training processes: warm up (compile), wait for all, time `steps` steps.
+    Each takes its share of the CPU cores: more threads than cores would measure the contention."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    compiled = use_compile(None, device, PAPER_EPOCHS * STEPS_PER_EPOCH, CPU_MIN_TRAIN_STEPS)
+    _, run = training_setup("lvae", device, steps, compiled, size)
+    run(2)
+    Path(barrier, str(os.getpid())).touch()
+    while len(list(Path(barrier).iterdir())) < n:
+        time.sleep(0.05)
+    seconds = timed(lambda: run(steps), device)
+    print(json.dumps({"ms_per_step": 1000 * seconds / steps}))
+
+
 def print_summary(training: dict, evaluation: dict) -> None:
     """Per model: what a step and an evaluation cost, and what that makes of MNIST runs."""
     paper = compose_config()  # the schema's defaults: the paper's budget
@@ -318,8 +357,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators")
     parser.add_argument("--chunk-budgets", type=int, nargs="*", default=[], metavar="MB",
                         help="also time the compiled evaluation at these eval.memory_budget_mb values (chunk sizes)")
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2], metavar="N",
+                        help="time N training processes at once, each with cores/N threads (default: 1 2; none: skip)")
+    parser.add_argument("--worker", nargs=4, metavar=("BARRIER", "N", "STEPS", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.worker:  # one process of concurrent_training
+        barrier, n, steps, size = args.worker
+        fields = json.loads(size)
+        return worker(barrier, int(n), int(steps), device, Size(fields["layers"], tuple(fields["overrides"])))
     print(f"lvae benchmark on {describe_device(device)}, torch {torch.__version__}\n")
 
     training, evaluation = {}, {}
@@ -368,6 +414,13 @@ def main() -> None:
                       f"= {images * samples:6,d} pairs  {r['pairs_per_s']:7,.0f} pairs/s  "
                       f"{r['model_flops'] / r['matmul_flops']:.0%} of matmul  full test set "
                       f"{r['full_test_minutes']:.1f} min")
+
+    if args.processes:
+        print(f"\nRuns sharing the machine: N processes training the compiled 5-layer LVAE at once, each with "
+              f"{os.cpu_count()} cores / N threads (a sweep's jobs run this way with hydra/launcher=joblib):")
+        for r in concurrent_training(device, PAPER, args.processes, args.train_steps):
+            print(f"  {r['processes']} at once: {r['total_steps_per_s']:5.1f} steps/s in all "
+                  f"({', '.join(f'{m:.1f}' for m in r['ms_per_step_each'])} ms/step each)")
 
     print("\nEvaluation time against K (LVAE, 5 layers, per image):")
     model = evaluation_model("lvae", 5, device)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -37,7 +35,7 @@ from lvae.evaluate import tf32_matmuls  # noqa: E402
 from lvae.provenance import describe_device, provenance  # noqa: E402
 
 TIME_LIMIT_S = 8 * 60  # the whole check on a GPU, installs included (make gpu-check)
-PAPER_EPOCHS, FIGURE3_RUNS, TRAIN_IMAGES = 2000, 20, 60_000
+FIGURE3_RUNS, TRAIN_IMAGES = 20, 60_000
 TINY = bench.Size(layers=2, overrides=("model.hidden_sizes=[32,16]", "model.latent_sizes=[8,4]"))
 
 
@@ -61,47 +59,17 @@ def paper_run(device: torch.device, size: bench.Size, epochs: int, pairs_per_s: 
     """Full epochs of the real loop at the paper's settings (batch 256, warm-up on), timed after the first;
     projected to the paper's 2000 epochs plus the evaluation of the full test set."""
     steps_per_epoch = TRAIN_IMAGES // bench.BATCH
-    compiled = use_compile(None, device, PAPER_EPOCHS * steps_per_epoch, CPU_MIN_TRAIN_STEPS)  # as a paper run
+    compiled = use_compile(None, device, bench.PAPER_EPOCHS * steps_per_epoch, CPU_MIN_TRAIN_STEPS)  # as a paper run
     _, run = bench.training_setup("lvae", device, steps_per_epoch, compiled, size)
     first_epoch = bench.timed(lambda: run(steps_per_epoch), device)
     epoch_s = bench.timed(lambda: run(steps_per_epoch), device, repeats=epochs)
     # Evaluation: K=5000 (+1 for the ELBO) on 10,000 test images, the 10,000-image train bound, and
     # one forward pass over the training set for the batch-norm statistics (about a third of an epoch).
     evaluation_s = bench.TEST_SET * 5001 / pairs_per_s + 10_000 / pairs_per_s + epoch_s / 3
-    run_s = PAPER_EPOCHS * epoch_s + evaluation_s
+    run_s = bench.PAPER_EPOCHS * epoch_s + evaluation_s
     return {"model": f"LVAE+BN+WU, {size.layers} layers" + ("" if size == bench.PAPER else " (small)"),
             "compiled": compiled, "first_epoch_s": first_epoch, "epoch_s": epoch_s, "evaluation_s": evaluation_s,
             "run_hours": run_s / 3600, "figure3_hours_one_at_a_time": FIGURE3_RUNS * run_s / 3600}
-
-
-def concurrent_training(device: torch.device, size: bench.Size, processes: list[int], steps: int) -> list[dict]:
-    """n processes training at once (each after its own warm-up, started together through a barrier)."""
-    results = []
-    for n in processes:
-        with tempfile.TemporaryDirectory() as barrier:
-            workers = [subprocess.Popen([sys.executable, __file__, "--worker", barrier, str(n), str(steps),
-                                         "--device", device.type, *(["--tiny"] if size != bench.PAPER else [])],
-                                        stdout=subprocess.PIPE, text=True) for _ in range(n)]
-            ms = [json.loads(w.communicate()[0].strip().splitlines()[-1])["ms_per_step"] for w in workers]
-        if any(w.returncode for w in workers):
-            raise RuntimeError(f"a worker of the {n}-process measurement failed")
-        results.append({"processes": n, "ms_per_step_each": ms,
-                        "total_steps_per_s": sum(1000 / m for m in ms)})
-    return results
-
-
-def worker(barrier: str, n: int, steps: int, device: torch.device, size: bench.Size) -> None:
-    """One of n concurrent training processes: warm up (compile), wait for all, time `steps` steps.
-    Each takes its share of the CPU cores: more threads than cores would measure the contention."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-    compiled = use_compile(None, device, PAPER_EPOCHS * TRAIN_IMAGES // bench.BATCH, CPU_MIN_TRAIN_STEPS)
-    _, run = bench.training_setup("lvae", device, steps, compiled, size)
-    run(2)
-    Path(barrier, str(os.getpid())).touch()
-    while len(list(Path(barrier).iterdir())) < n:
-        time.sleep(0.05)
-    seconds = bench.timed(lambda: run(steps), device)
-    print(json.dumps({"ms_per_step": 1000 * seconds / steps}))
 
 
 def markdown(summary: dict) -> str:
@@ -138,13 +106,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--tiny", action="store_true", help="small models and few steps (CI, on the CPU)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu-check")
-    parser.add_argument("--worker", nargs=3, metavar=("BARRIER", "N", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device, size = resolve_device(args.device), (TINY if args.tiny else bench.PAPER)
-    if args.worker:
-        barrier, n, steps = args.worker
-        return worker(barrier, int(n), int(steps), device, size)
-
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     steps, eval_images = (5, 2) if args.tiny else (50, 64)
@@ -164,7 +127,7 @@ def main() -> None:
     print("evaluation: timed", flush=True)
     pairs_per_s = max(summary["evaluation"]["lvae"][mode]["pairs_per_s"] for mode in ("eager", "compiled"))
     summary["paper_run"] = paper_run(device, size, 1 if args.tiny else 3, pairs_per_s)
-    summary["concurrency"] = concurrent_training(device, size, [1, 2] if args.tiny else [1, 2, 4], steps * 4)
+    summary["concurrency"] = bench.concurrent_training(device, size, [1, 2] if args.tiny else [1, 2, 4], steps * 4)
     summary["seconds"] = time.perf_counter() - started
     summary["within_time_limit"] = summary["seconds"] <= TIME_LIMIT_S
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
