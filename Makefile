@@ -36,7 +36,7 @@ train: install
 # The paper's Figure 3 (or EXPERIMENT=table1) in one command: prints the estimated wall time, runs
 # the sweep into outputs/$(EXPERIMENT)-$(BUDGET)/ (finished runs are skipped, interrupted ones resume),
 # then writes results.md, results.csv and fig3.png there, also when runs failed (and then exits 1).
-#   make reproduce BUDGET=quick                                   # estimated 47 min on 2 CPU cores
+#   make reproduce BUDGET=quick                                   # about an hour on 2 CPU cores (measured 62 min)
 #   make reproduce SEEDS=3 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
 reproduce: install
 	$(PY) -m lvae.reproduce --experiment $(EXPERIMENT) --budget $(BUDGET) --seeds $(SEEDS) $(ARGS)
