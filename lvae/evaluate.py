@@ -135,16 +135,19 @@ def image_noise(model: HierarchicalVAE, indices: torch.Tensor, n_samples: int, s
     standard-normal draw from a generator seeded with noise_seed(seed, stream, indices[j], b): the same
     whatever chunk the image is in, and only the blocks a chunk needs are drawn. Columns beyond
     len(indices) (padding) are zeros.
+
+    The draws fill an image-major buffer in place (each block is contiguous there, so normal_ draws
+    what torch.randn would, without a copy); the result is a transposed view of it.
     """
-    noise = torch.zeros(len(samples), padded, model.noise_size, device=device)
+    noise = torch.empty(padded, len(samples), model.noise_size, device=device)
+    noise[len(indices):] = 0
     generator = torch.Generator(device=device)
     for column, index in enumerate(indices.tolist()):
         for start in range(samples.start, samples.stop, sample_block):
             size = min(sample_block, n_samples - start)
             generator.manual_seed(noise_seed(seed, stream, index, start // sample_block))
-            noise[start - samples.start:start - samples.start + size, column] = torch.randn(
-                size, model.noise_size, generator=generator, device=device)
-    return noise
+            noise[column, start - samples.start:start - samples.start + size].normal_(generator=generator)
+    return noise.transpose(0, 1)
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:

@@ -343,11 +343,15 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
         raise ConfigError(f"the checkpoint in {path.parent} belongs to another run; refusing to resume it with "
                           f"a config that differs in: {'; '.join(differences)}. Use another run directory "
                           "(other overrides or hydra.run.dir=...), or the original config.")
-    if has_separate_head_maps(checkpoint["model"]):
-        raise CheckpointError(f"checkpoint {path} was written by an older lvae (numerics version 1: separate mean "
-                              "and variance maps per Gaussian head); resuming it would finish the run with other "
-                              "numerics than it started with. It was left untouched: finish the run with the lvae "
-                              "commit its record names, or start it afresh in another run directory.")
+    # Checkpoints record their numerics version since 2026-12-05; version 1's are told by their layout.
+    written_by = 1 if has_separate_head_maps(checkpoint["model"]) else checkpoint.get("numerics_version", 2)
+    if written_by != NUMERICS_VERSION:
+        layout = ", with separate mean and variance maps per Gaussian head" if written_by == 1 else ""
+        raise CheckpointError(f"checkpoint {path} was written by another lvae (numerics version {written_by}{layout}; "
+                              f"this one is {NUMERICS_VERSION}, lvae/provenance.py says what changed); resuming it "
+                              "would finish the run with other numerics than it started with. It was left untouched: "
+                              "finish the run with the lvae commit its record names, or start it afresh in another "
+                              "run directory.")
     mismatch = state_dict_mismatch(model.state_dict(), checkpoint["model"])
     if mismatch:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}. It was left untouched.")
@@ -394,7 +398,8 @@ class _Session:
     def save(self, state: TrainingState, rng: Optional[dict] = None) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), training=state.to_checkpoint(),
-                        rng=rng or capture_rng_state(), config=config_to_dict(self.cfg))
+                        rng=rng or capture_rng_state(), config=config_to_dict(self.cfg),
+                        numerics_version=NUMERICS_VERSION)
         self.checkpointed = (state.epoch, state.step)
         write_record(self.run_dir, {"status": Status.running.value, **self.position()})
 

@@ -1,6 +1,7 @@
 """The cheaper paths of a training step keep the model's function and distributions (issue 20):
 one matmul per Gaussian head, each KL term computed once, no materialised broadcasts; and the
-binarization of training batches has the pixels' probabilities and is fixed by the RNG state."""
+binarization of training batches has the pixels' probabilities, is torch.bernoulli's draw and is fixed by
+the RNG state; a checkpoint of another numerics version is not resumed."""
 
 import math
 
@@ -13,6 +14,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData
 from lvae.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
                          merge_separate_head_maps)
+from lvae.provenance import NUMERICS_VERSION
 from lvae.run_config import model_spec
 from lvae.stored_run import trained_model
 from lvae.train import training_forward
@@ -137,6 +139,44 @@ def test_binarization_is_fixed_by_the_rng_state():
     assert not torch.equal(data.train_batch(order, 0, 32), first), "a fresh draw after that"
 
 
+@pytest.mark.parametrize("pixels", [1, 17, 256 * 784])
+def test_the_binarization_is_torch_bernoullis_draw_on_the_cpu(pixels):
+    """1{u < p} is torch.bernoulli's draw bit for bit, leaving the generator in the same state: the cheaper
+    draw changed no number (the test sets and training batches of every stored run are those it draws)."""
+    p = torch.randint(0, 256, (pixels,), generator=torch.Generator().manual_seed(5)) / 255
+    ours, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(binarizing(p[None]).draw(p, ours), torch.bernoulli(p, generator=theirs))
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def tiny_run(data_root, run_dir) -> tuple[str, ...]:
+    """The overrides of a tiny run, less train.epochs, after running it for 1 epoch in run_dir."""
+    from lvae.train import run
+
+    tiny = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",
+            "train.batch_size=16", "eval.iw_samples=4", "eval.train_subset=16", "eval.analyze=false",
+            "device=cpu", "train.progress=false", f"data.root={data_root}")
+    run(compose_config(*tiny, "train.epochs=1"), run_dir)
+    return tiny
+
+
+def test_a_checkpoint_of_another_numerics_version_is_not_resumed(synthetic_mnist, tmp_path):
+    """A checkpoint that records another numerics version than the installed one is left untouched."""
+    import lvae.checkpoint
+    from lvae.checkpoint import CheckpointError, load_checkpoint
+    from lvae.train import run
+
+    tiny = tiny_run(synthetic_mnist, tmp_path)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["numerics_version"] == NUMERICS_VERSION
+    checkpoint["numerics_version"] = NUMERICS_VERSION + 1
+    lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
+    written = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=f"numerics version {NUMERICS_VERSION + 1}; this one is {NUMERICS_VERSION}.*left untouched"):
+        run(compose_config(*tiny, "train.epochs=2"), tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == written
+
+
 def test_a_run_of_separate_head_maps_fine_tunes_but_does_not_resume(synthetic_mnist, tmp_path):
     """A run of the older layout is not continued (its optimiser state and numerics are the old ones);
     fine-tuning from it (init_from) loads its weights merged."""
@@ -144,15 +184,12 @@ def test_a_run_of_separate_head_maps_fine_tunes_but_does_not_resume(synthetic_mn
     from lvae.checkpoint import CheckpointError, load_checkpoint
     from lvae.train import run
 
-    tiny = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",
-            "train.batch_size=16", "eval.iw_samples=4", "eval.train_subset=16", "eval.analyze=false",
-            "device=cpu", "train.progress=false", f"data.root={synthetic_mnist}")
-    run(compose_config(*tiny, "train.epochs=1"), tmp_path)
+    tiny = tiny_run(synthetic_mnist, tmp_path)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     checkpoint["model"] = separate_head_maps(checkpoint["model"])
     lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
     written = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(CheckpointError, match="older lvae.*separate mean and variance maps.*left untouched"):
+    with pytest.raises(CheckpointError, match="another lvae.*separate mean and variance maps.*left untouched"):
         run(compose_config(*tiny, "train.epochs=2"), tmp_path)  # more epochs: training continues from the checkpoint
     assert (tmp_path / "checkpoint.pt").read_bytes() == written
     # Fine-tuning from it (weights only, a fresh optimiser) loads the weights, merged.
