@@ -172,7 +172,8 @@ def test_a_checkpoint_of_another_numerics_version_is_not_resumed(synthetic_mnist
     checkpoint["numerics_version"] = NUMERICS_VERSION + 1
     lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
     written = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(CheckpointError, match=f"numerics version {NUMERICS_VERSION + 1}; this one is {NUMERICS_VERSION}.*left untouched"):
+    refusal = f"numerics version {NUMERICS_VERSION + 1}; this one is {NUMERICS_VERSION}.*left untouched"
+    with pytest.raises(CheckpointError, match=refusal):
         run(compose_config(*tiny, "train.epochs=2"), tmp_path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == written
 
