@@ -21,7 +21,8 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
   the two estimates side by side;
-- with --profile: torch.profiler's top operators of 20 training steps, eager and compiled.
+- with --profile: torch.profiler's top operators of 20 training steps, eager and compiled, and (on the
+  CPU) where a step's time goes: matmuls, optimiser, gradient clipping, binarization, element-wise, the rest.
 
 Evaluation is measured as `lvae.evaluate.evaluate_model` runs it: batch norm folded
 into the dense layers (`fold_batchnorm`); the naive evaluator keeps it unfolded, as
@@ -247,17 +248,51 @@ def best_matmul_rate(*measurements: dict) -> float:
     return max(m["matmul_flops"] for m in measurements)
 
 
-def profile_training(name: str, device: torch.device, compiled: bool, rows: int = 12) -> str:
-    """torch.profiler's table of the operators that take the most time over 20 training steps."""
-    _, run = training_setup(name, device, 20, compiled)
+# The parts of a training step, as `step_parts` tells them from profiler events' names.
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+STEP_PARTS = {
+    "matmuls (with addmm's bias copy)": lambda name: name in MATMULS,
+    "optimiser (Adam's update)": lambda name: name.startswith("Optimizer."),
+    "gradient norm and clipping": lambda name: name in {"aten::_foreach_norm", "aten::_foreach_mul_"},
+    "binarization of the batch": lambda name: name in {"aten::uniform_", "aten::bernoulli_"},
+    "element-wise work (compiled graphs)": lambda name: name.startswith("## Call CompiledFxGraph"),
+}
+OTHER_PART = "the rest (eager element-wise ops, autograd, Python)"
+
+
+def step_parts(events) -> dict[str, float]:
+    """CPU microseconds per part of the profiled steps. Each event's own time (without its callees') goes to
+    the first part that it, else its nearest caller, matches: the parts add up to the whole profile."""
+    parts = dict.fromkeys([*STEP_PARTS, OTHER_PART], 0.0)
+    for event in events:
+        part, caller = OTHER_PART, event
+        while caller is not None:
+            part = next((p for p, matches in STEP_PARTS.items() if matches(caller.name)), None)
+            if part is not None:
+                break
+            caller = caller.cpu_parent
+        parts[part or OTHER_PART] += event.self_cpu_time_total
+    return parts
+
+
+def profile_training(name: str, device: torch.device, compiled: bool, steps: int = 20, rows: int = 12) -> str:
+    """torch.profiler's table of the operators that take the most time over `steps` training steps and,
+    on the CPU, where a step's time goes (`step_parts`)."""
+    _, run = training_setup(name, device, steps, compiled)
     run(2)  # compile and warm up outside the profile
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as profile:
-        run(20)
+        run(steps)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return profile.key_averages().table(sort_by=key, row_limit=rows)
+    table = profile.key_averages().table(sort_by=key, row_limit=rows)
+    if device.type == "cuda":  # CPU times there are launches, not the work
+        return table
+    parts = step_parts(profile.events())
+    total = sum(parts.values())
+    lines = [f"  {part:52s} {us / steps / 1000:6.2f} ms/step  {us / total:4.0%}" for part, us in parts.items()]
+    return "\n".join([table, "Where a step's time goes (CPU time under the profiler, which adds some):", *lines])
 
 
 @torch.no_grad()
