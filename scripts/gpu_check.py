@@ -117,8 +117,8 @@ def main() -> None:
     summary["tests"] = run_tests(device, args.tiny, args.out)
     print(f"tests: {'passed' if summary['tests']['passed'] else 'FAILED'} ({summary['tests']['seconds']:.0f} s)",
           flush=True)
-    summary["training"] = {name: {mode: bench.bench_training(name, device, steps, mode == "compiled", size)
-                                  for mode in ("eager", "compiled")} for name in ("lvae", "vae")}
+    summary["training"] = {name: dict(zip(("eager", "compiled"), bench.bench_training(name, device, steps, size)))
+                           for name in ("lvae", "vae")}
     print("training: timed", flush=True)
     with tf32_matmuls(allow_tf32=False):  # evaluation is a measurement, as in a run
         summary["evaluation"] = {name: {mode: bench.bench_evaluation(name, device, eval_images, 1024,
