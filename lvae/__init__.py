@@ -27,7 +27,7 @@ TOP_LEVEL_MODEL_KEYS = ("layers", "batch_norm", "likelihood")
 
 
 def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
-                      memory_budget_mb: float = 1024) -> torch.Tensor:
+                      memory_budget_mb: float = evaluate.DEFAULT_MEMORY_BUDGET_MB) -> torch.Tensor:
     """log p(x) of each image of x (N, D), estimated with k importance samples: (N,) float64, nats
     (docs/method.md, eq. 4). Work goes in chunks of about memory_budget_mb of activations; pass a
     model in eval mode (as load_run returns it), so that batch norm uses its stored statistics."""

@@ -40,6 +40,9 @@ from .models import HierarchicalVAE, Trace
 from .objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
 BYTES_PER_FLOAT = 4
+# Activations of one evaluation chunk, in MB, unless a caller says otherwise (the run config's default,
+# eval.memory_budget_mb, is the same number: tests/config checks it). No budget changes a number.
+DEFAULT_MEMORY_BUDGET_MB = 1024
 SAMPLE_BLOCK = 100  # importance samples summed together; a chunk splits an image's samples only between blocks
 IMAGE_GROUP = 16  # a chunk holds a multiple of this many images (see the module's docstring)
 # One independent noise stream per pass over an image, so that its test ELBO does not reuse its IW samples.
@@ -265,7 +268,7 @@ class EvalSettings:
     train_mc_samples: int = 1  # ... and its Monte Carlo samples, for the training-set bound
     binarization_seed: int = 0  # the training subset is binarized once, with this seed
     seed: int = 0  # chooses every image's noise (noise_seed)
-    memory_budget_mb: float = 1024  # of one chunk; no budget changes a number
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
     allow_tf32: bool = False  # TF32 matmuls on CUDA; a measurement is full float32 by default
     compile: Optional[bool] = None  # torch.compile the chunks' forward pass; None: auto (lvae/compiling.py)
     progress: bool = False  # a progress bar for the K-sample estimate
@@ -321,7 +324,7 @@ class CurveSettings:
     images: int = 1000  # test images (the first of the fixed random order) and as many training images
     binarization_seed: int = 0  # the training images are binarized once, with this seed
     seed: int = 0  # chooses every image's noise (noise_seed)
-    memory_budget_mb: float = 1024
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
 
 
 def _elbo_and_kl_per_unit(trace: Trace) -> torch.Tensor:

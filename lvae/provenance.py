@@ -51,6 +51,15 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
+def command_line() -> str:
+    """The command that runs, its script relative to the repository when inside it: where a clone or
+    worktree lies says nothing about the run (`python -m lvae.cli` shows as lvae/cli.py)."""
+    script = Path(sys.argv[0])
+    if script.is_absolute() and script.is_relative_to(REPO_ROOT):
+        script = script.relative_to(REPO_ROOT)
+    return " ".join([str(script), *sys.argv[1:]])
+
+
 def provenance(device: torch.device) -> dict:
     import hydra
     import torchvision
@@ -58,7 +67,7 @@ def provenance(device: torch.device) -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "device": describe_device(device),
         "hostname": platform.node(),
         "git_commit": _git("rev-parse", "HEAD"),

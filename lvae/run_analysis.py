@@ -34,6 +34,7 @@ from .analysis import (
 from .checkpoint import write_json
 from .config import resolve_device
 from .data import ImageData, load_dataset
+from .evaluate import DEFAULT_MEMORY_BUDGET_MB
 from .models import HierarchicalVAE
 from .run_record import ANALYSIS_FILE, is_complete, read_record
 from .stored_run import check_run_dir, stored_config, stored_weights, trained_model
@@ -47,7 +48,7 @@ IMAGES_PER_ROW = 10
 class AnalysisSettings:
     test_subset: int | None = None  # the first N of the fixed random order of the test set (None: all)
     posterior_samples: int = 1  # per image, for the active-unit statistics (see lvae.analysis.active_units)
-    memory_budget_mb: float = 1024  # of one chunk; no budget changes a number
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
 
 
 @dataclass

@@ -182,20 +182,21 @@ def training_setup(name: str, device: torch.device, steps: int, compiled: bool, 
 
 def bench_training(name: str, device: torch.device, steps: int, size: Size = PAPER,
                    repeats: int = 5) -> tuple[dict, dict]:
-    """ms per step of the training loop, eager and compiled: the best of `repeats` timings of each, taken in
-    turn so that a shared machine's slow spells fall on both alike; the first call (compilation included)
-    timed apart."""
+    """ms per step of the training loop, eager and compiled, and the matmul rate on the model's shapes: the
+    best of `repeats` timings of each, taken in turn so that a shared machine's slow spells fall on all
+    alike; the first call (compilation included) timed apart."""
     setups = [training_setup(name, device, steps, compiled, size) for compiled in (False, True)]
     first_calls = [timed(lambda: run(2), device) for _, run in setups]  # compiles forward and backward
-    best = [math.inf] * len(setups)
-    with no_recompilation(True):
-        for _ in range(repeats):
-            for i, (_, run) in enumerate(setups):
-                best[i] = min(best[i], timed(lambda: run(steps), device))
     model = setups[0][0]
     with MatmulShapes(model) as shapes:
         model(random_binary_images(BATCH, device))
-    flops_per_step, rate = 3 * shapes.flops, matmul_rate(shapes.shapes, device)
+    best, rate = [math.inf] * len(setups), 0.0
+    with no_recompilation(True):
+        for _ in range(repeats):  # the matmul rate too, in turn with the steps, the best of its timings
+            for i, (_, run) in enumerate(setups):
+                best[i] = min(best[i], timed(lambda: run(steps), device))
+            rate = max(rate, matmul_rate(shapes.shapes, device))
+    flops_per_step = 3 * shapes.flops
     return tuple({"ms_per_step": 1000 * seconds / steps, "images_per_s": steps * BATCH / seconds,
                   "model_flops": flops_per_step * steps / seconds, "matmul_flops": rate, "first_call_s": first_call}
                  for seconds, first_call in zip(best, first_calls))

@@ -10,7 +10,10 @@ from hydra.errors import HydraException
 
 from lvae.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
 from lvae.data import DATASETS
+from lvae.evaluate import CurveSettings, EvalSettings
 from lvae.models import MODELS
+from lvae.run_analysis import AnalysisSettings
+from lvae.run_config import curve_settings, eval_settings
 
 from ..helpers import REPO
 
@@ -103,3 +106,12 @@ def test_a_run_folder_name_too_long_for_a_file_system_is_cut_with_a_hash_of_the_
     assert run_dir_name(overrides) == name, "the same overrides find the same folder again"
     assert run_dir_name(overrides.replace("[29,", "[99,")) != name, "overrides differing only at the end differ"
     assert run_dir_name("layers=5,seed=0") == "layers=5,seed=0" and run_dir_name("") == "defaults"
+
+
+def test_the_cores_defaults_are_the_run_configs():
+    """EvalSettings and CurveSettings, which the core's callers may build without a run config, default to what
+    the run config's defaults ask (the paper's evaluation), the progress bar aside."""
+    cfg = compose_config()
+    assert eval_settings(cfg) == EvalSettings(progress=cfg.train.progress)
+    assert curve_settings(cfg) == CurveSettings()
+    assert AnalysisSettings().memory_budget_mb == cfg.eval.memory_budget_mb

@@ -1,6 +1,7 @@
 """Training lowers the loss; a whole run writes its directory with every field."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from lvae.config import compose_config
 from lvae.data import ImageData, load_mnist
 from lvae.evaluate import iw_log_likelihood
 from lvae.models import build_model
-from lvae.provenance import NUMERICS_VERSION
+from lvae.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
 from lvae.run_config import model_spec
 from lvae.train import run, train_model
 
@@ -140,3 +141,13 @@ def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnis
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize("script, recorded", [
+    (str(REPO_ROOT / "lvae" / "cli.py"), "lvae/cli.py"),  # python -m lvae.cli, or a worktree's absolute path
+    ("train.py", "train.py"),
+    ("/elsewhere/train.py", "/elsewhere/train.py"),
+])
+def test_the_recorded_command_names_the_script_within_the_repository(monkeypatch, script, recorded):
+    monkeypatch.setattr(sys, "argv", [script, "model=lvae", "layers=5"])
+    assert command_line() == f"{recorded} model=lvae layers=5"
