@@ -21,8 +21,9 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
 - a naive evaluator (one image at a time, every sample through the whole model in
   mini-batches of 100, as common implementations do): its speed, our speed-up and
   the two estimates side by side;
-- with --profile: torch.profiler's top operators of 20 training steps, eager and compiled, and (on the
-  CPU) where a step's time goes: matmuls, optimiser, gradient clipping, binarization, element-wise, the rest.
+- with --profile: torch.profiler's top operators of 20 training steps, eager and compiled, and of a
+  compiled evaluation, and (on the CPU) where their time goes: matmuls, optimiser, gradient clipping,
+  random draws, element-wise work, the rest.
 
 Evaluation is measured as `lvae.evaluate.evaluate_model` runs it: batch norm folded
 into the dense layers (`fold_batchnorm`); the naive evaluator keeps it unfolded, as
@@ -61,7 +62,8 @@ sys.path.insert(0, str(REPO))
 from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
 from lvae.config import DEVICES, compose_config, resolve_device  # noqa: E402
 from lvae.data import ImageData  # noqa: E402
-from lvae.evaluate import chunk_layout, evaluation_copy, fold_batchnorm, iw_log_likelihood  # noqa: E402
+from lvae.evaluate import (DEFAULT_MEMORY_BUDGET_MB, chunk_layout, evaluation_copy, fold_batchnorm,  # noqa: E402
+                           iw_log_likelihood)
 from lvae.models import HierarchicalVAE, build_model  # noqa: E402
 from lvae.objectives import log_importance_weights  # noqa: E402
 from lvae.provenance import describe_device  # noqa: E402
@@ -256,51 +258,67 @@ def best_matmul_rate(*measurements: dict) -> float:
     return max(m["matmul_flops"] for m in measurements)
 
 
-# The parts of a training step, as `step_parts` tells them from profiler events' names.
+# The parts of a training step or an evaluation, as `time_parts` tells them from profiler events.
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-STEP_PARTS = {
-    "matmuls (with addmm's bias copy)": lambda name: name in MATMULS,
-    "optimiser (Adam's update)": lambda name: name.startswith("Optimizer."),
-    "gradient norm and clipping": lambda name: name in {"aten::_foreach_norm", "aten::_foreach_mul_"},
-    "binarization of the batch": lambda name: name in {"aten::uniform_", "aten::bernoulli_"},
-    "element-wise work (compiled graphs)": lambda name: name.startswith("## Call CompiledFxGraph"),
+PARTS = {
+    # On the CPU, addmm first fills its output with the broadcast bias, then adds the product to it.
+    "addmm's bias copy": lambda e: e.name == "aten::copy_" and getattr(e.cpu_parent, "name", "") == "aten::addmm",
+    "matmuls": lambda e: e.name in MATMULS,
+    "optimiser (Adam's update)": lambda e: e.name.startswith("Optimizer."),
+    "gradient norm and clipping": lambda e: e.name in {"aten::_foreach_norm", "aten::_foreach_mul_"},
+    "random draws (eager: binarization, noise)": lambda e: e.name in {"aten::uniform_", "aten::bernoulli_",
+                                                                        "aten::normal_"},
+    "element-wise work (compiled graphs)": lambda e: e.name.startswith("## Call CompiledFxGraph"),
 }
 OTHER_PART = "the rest (eager element-wise ops, autograd, Python)"
 
 
-def step_parts(events) -> dict[str, float]:
-    """CPU microseconds per part of the profiled steps. Each event's own time (without its callees') goes to
+def time_parts(events) -> dict[str, float]:
+    """CPU microseconds per part of the profiled work. Each event's own time (without its callees') goes to
     the first part that it, else its nearest caller, matches: the parts add up to the whole profile."""
-    parts = dict.fromkeys([*STEP_PARTS, OTHER_PART], 0.0)
+    parts = dict.fromkeys([*PARTS, OTHER_PART], 0.0)
     for event in events:
-        part, caller = OTHER_PART, event
-        while caller is not None:
-            part = next((p for p, matches in STEP_PARTS.items() if matches(caller.name)), None)
-            if part is not None:
-                break
+        part, caller = None, event
+        while caller is not None and part is None:
+            part = next((p for p, matches in PARTS.items() if matches(caller)), None)
             caller = caller.cpu_parent
         parts[part or OTHER_PART] += event.self_cpu_time_total
     return parts
 
 
-def profile_training(name: str, device: torch.device, compiled: bool, steps: int = 20, rows: int = 12) -> str:
-    """torch.profiler's table of the operators that take the most time over `steps` training steps and,
-    on the CPU, where a step's time goes (`step_parts`)."""
-    _, run = training_setup(name, device, steps, compiled)
-    run(2)  # compile and warm up outside the profile
+def profiled(work, device: torch.device, per: int, unit: str, rows: int = 12) -> str:
+    """torch.profiler's table of the operators that take the most time in work() and, on the CPU, where
+    the time goes (`time_parts`), per `unit` (work() does `per` of them)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as profile:
-        run(steps)
+        work()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = profile.key_averages().table(sort_by=key, row_limit=rows)
     if device.type == "cuda":  # CPU times there are launches, not the work
         return table
-    parts = step_parts(profile.events())
+    parts = time_parts(profile.events())
     total = sum(parts.values())
-    lines = [f"  {part:52s} {us / steps / 1000:6.2f} ms/step  {us / total:4.0%}" for part, us in parts.items()]
-    return "\n".join([table, "Where a step's time goes (CPU time under the profiler, which adds some):", *lines])
+    lines = [f"  {part:52s} {us / per / 1000:7.2f} ms/{unit}  {us / total:4.0%}" for part, us in parts.items()
+             if us > 0]
+    return "\n".join([table, "Where the time goes (CPU time under the profiler, which adds some):", *lines])
+
+
+def profile_training(name: str, device: torch.device, compiled: bool, steps: int = 20) -> str:
+    """`profiled` over `steps` training steps, after a warm-up (and compilation) outside the profile."""
+    _, run = training_setup(name, device, steps, compiled)
+    run(2)
+    return profiled(lambda: run(steps), device, steps, "step")
+
+
+def profile_evaluation(name: str, device: torch.device, compiled: bool, n_images: int = 16) -> str:
+    """`profiled` over the K=5000 evaluation of n_images images, after a warm-up outside the profile."""
+    model = evaluation_model(name, 5, device, compiled)
+    images = random_binary_images(n_images, device)
+    iw_log_likelihood(model, images, 5000, DEFAULT_MEMORY_BUDGET_MB)
+    return profiled(lambda: iw_log_likelihood(model, images, 5000, DEFAULT_MEMORY_BUDGET_MB), device, n_images,
+                    "image")
 
 
 @torch.no_grad()
@@ -444,6 +462,8 @@ def main() -> None:
         for compiled in (False, True):
             print(f"\nProfile of 20 training steps, LVAE, {'compiled' if compiled else 'eager'}:")
             print(profile_training("lvae", device, compiled))
+        print("\nProfile of the K=5000 evaluation of 16 images, LVAE, compiled:")
+        print(profile_evaluation("lvae", device, compiled=True))
 
     if args.chunk_budgets:
         print(f"\nEvaluation against the chunk size, compiled, K=5000, {args.eval_images} images "
