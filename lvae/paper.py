@@ -344,7 +344,6 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
     grid = build_grid(records)
     deep = [n for n in grid.layers if any(completed(grid.runs(row, n)) for row in PAPER_ORDER)]
     paper = Paper(records, grid, max(deep) if deep else 5)
-    finished = [r.metrics for r in records if r.completed]
     deviations = budget_deviations([r.setting for r in records if r.setting and "model.name" in r.setting])
 
     histories = paper.histories()
@@ -387,7 +386,7 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
              "Sønderby et al., *Ladder Variational Autoencoders*, NIPS 2016 (arXiv:1602.02282). Each item: the "
              "paper's claim, what we measured, and our verdict, computed by lvae/paper.py from the numbers "
              "(supported: the difference exceeds twice its standard error).", "",
-             budget_summary(finished), "",
+             budget_summary(records), "",
              "With one seed, a ± is the paired standard error over the test images: how much the result would "
              "change with another seed (training noise) is not in it.", "",
              *([f"**Not the paper's budget** ({'; '.join(deviations)}): a verdict here says what this budget "

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
     print(markdown_table([r for r in records if r.status != Status.missing]))
     print()
-    print(budget_summary([r.metrics for r in records if r.completed]))
+    print(budget_summary(records))
     if args.publish:
         try:
             written = publish_runs(records, args.publish, args.weights)

@@ -40,19 +40,28 @@ def markdown_table(records: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def budget_summary(finished: list[dict]) -> str:
-    """One sentence on the budget, device and dates behind a table's numbers."""
+def budget_summary(records: list[RunRecord]) -> str:
+    """One sentence on the budget, device and dates behind the numbers of the completed runs among
+    `records`; fine-tuned runs (init_from) are counted apart, their epochs being added to a trained run's."""
+    finished = [r for r in records if r.completed]
     if not finished:
         return "No run has finished yet."
-    def values(get):
-        return ", ".join(sorted({str(get(m)) for m in finished}))
-    epochs = {m["epochs"] for m in finished}
-    scale = ("the paper's 2000 epochs" if epochs == {2000}
+    tuned = [r.metrics for r in finished if (r.setting or {}).get("init_from")]
+    trained = [r.metrics for r in finished if not (r.setting or {}).get("init_from")] or tuned
+    metrics = [r.metrics for r in finished]
+
+    def values(runs: list[dict], get) -> str:
+        return ", ".join(sorted({str(get(m)) for m in runs}))
+
+    def epochs(runs: list[dict]) -> str:
+        return f"{values(runs, lambda m: m['epochs'])} epoch{'' if {m['epochs'] for m in runs} == {1} else 's'}"
+    scale = ("the paper's 2000 epochs" if {m["epochs"] for m in trained} == {2000}
              else "a short budget, not the paper's 2000 epochs")
-    return (f"Budget: {values(lambda m: m['epochs'])} epochs ({scale}); test log p(x) with "
-            f"K={values(lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
-            f"{values(lambda m: describe_test_images(m['test_log_likelihood']))}. Measured on "
-            f"{values(lambda m: m['device'])}, {values(lambda m: m['date'][:10])}.")
+    fine_tuning = f"; fine-tuning: {epochs(tuned)} more from a trained run" if tuned and trained is not tuned else ""
+    return (f"Budget: {epochs(trained)} ({scale}){fine_tuning}; test log p(x) with "
+            f"K={values(metrics, lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
+            f"{values(metrics, lambda m: describe_test_images(m['test_log_likelihood']))}. Measured on "
+            f"{values(metrics, lambda m: m['device'])}, {values(metrics, lambda m: m['date'][:10])}.")
 
 
 def _values(records: list[RunRecord], get: Callable[[RunRecord], Any]) -> str:

@@ -45,6 +45,17 @@ def test_table_lists_finished_failed_and_unfinished_runs(tmp_path, capsys):
 
 def test_budget_summary_without_finished_runs():
     assert budget_summary([]) == "No run has finished yet."
+    assert budget_summary([RunRecord(Path("x"), "failed", {"status": "failed"}, None)]) == "No run has finished yet."
+
+
+def test_budget_summary_counts_fine_tuning_apart(tmp_path):
+    trained = RunRecord(tmp_path / "lvae", "completed", _metrics("lvae", -99.5), {"model.name": "lvae"})
+    tuned = RunRecord(tmp_path / "mc10", "completed", {**_metrics("lvae", -98.0), "epochs": 1},
+                      {"model.name": "lvae", "init_from": str(tmp_path / "lvae")})
+    assert budget_summary([trained, tuned]).startswith(
+        "Budget: 5 epochs (a short budget, not the paper's 2000 epochs); fine-tuning: 1 epoch more from a trained "
+        "run; test log p(x) with K=5000")
+    assert budget_summary([tuned]).startswith("Budget: 1 epoch (a short budget")
 
 
 def test_runs_scored_by_other_code_are_marked(tmp_path):
