@@ -155,15 +155,23 @@ def curves_verdict(paper: Paper) -> Verdict:
     lvae, vae = paper.cell(LVAE), paper.cell(BEST_VAE)
     verdict = better_verdict(difference(vae, lvae, "test_elbo"),
                              f"end-of-training test ELBO, {LVAE} - {BEST_VAE} (L={paper.layers})")
-    points = {row: {r["epoch"]: r["curve"]["test_bound"] for r in completed(runs)[0].metrics.get("history", [])
-                    if "curve" in r} for row, runs in ((LVAE, lvae), (BEST_VAE, vae)) if completed(runs)}
+    points = {row: mean_curve(runs) for row, runs in ((LVAE, lvae), (BEST_VAE, vae)) if completed(runs)}
     if len(points) == 2:
         warmup = completed(lvae)[0].metrics["warmup_epochs"]
-        shared = [e for e in points[LVAE] if e in points[BEST_VAE] and e > warmup]
+        shared = sorted(e for e in points[LVAE] if e in points[BEST_VAE] and e > warmup)
         ahead = sum(points[LVAE][e] > points[BEST_VAE][e] for e in shared)
-        verdict.because += (f"; on the curves after warm-up, the LVAE's test bound is the higher at {ahead} of "
-                            f"{len(shared)} points")
+        seeds = min(len(completed(lvae)), len(completed(vae)))
+        verdict.because += (f"; on the curves after warm-up{' (means over the seeds)' if seeds > 1 else ''}, the "
+                            f"LVAE's test bound is the higher at {ahead} of {len(shared)} points")
     return verdict
+
+
+def mean_curve(runs: list[RunRecord]) -> dict[int, float]:
+    """The test bound of the training curves at each epoch that every completed run has, averaged over them."""
+    curves = [{r["epoch"]: r["curve"]["test_bound"] for r in run.metrics.get("history", []) if "curve" in r}
+              for run in completed(runs)]
+    epochs = set.intersection(*map(set, curves)) if curves else set()
+    return {epoch: sum(curve[epoch] for curve in curves) / len(curves) for epoch in epochs}
 
 
 def curve_differences(paper: Paper) -> list[str]:
