@@ -121,9 +121,9 @@ def main() -> None:
                            for name in ("lvae", "vae")}
     print("training: timed", flush=True)
     with tf32_matmuls(allow_tf32=False):  # evaluation is a measurement, as in a run
-        summary["evaluation"] = {name: {mode: bench.bench_evaluation(name, device, eval_images, 1024,
-                                                                     mode == "compiled", size)
-                                        for mode in ("eager", "compiled")} for name in ("lvae", "vae")}
+        summary["evaluation"] = {name: dict(zip(("eager", "compiled"),
+                                                bench.bench_evaluation(name, device, eval_images, 1024, size=size)))
+                                 for name in ("lvae", "vae")}
     print("evaluation: timed", flush=True)
     pairs_per_s = max(summary["evaluation"]["lvae"][mode]["pairs_per_s"] for mode in ("eager", "compiled"))
     summary["paper_run"] = paper_run(device, size, 1 if args.tiny else 3, pairs_per_s)
