@@ -130,7 +130,7 @@ class ImageData:
         """x as the model sees it: a fresh binarization or dequantization of `images`, else `images`.
 
         Both transform one uniform draw u ~ U[0, 1)^D: binarized, x = 1{u < p}, a Bernoulli(p) draw. On the
-        CPU it is torch.bernoulli's, bit for bit and from the same RNG stream, at a quarter of its time
+        CPU it is torch.bernoulli's, bit for bit and from the same RNG stream, in a third of its time or less
         (torch.rand fills a tensor in vectorised blocks; torch.bernoulli draws one element at a time)."""
         if not (self.binarize or self.dequantize):
             return images

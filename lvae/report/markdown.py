@@ -47,18 +47,18 @@ def budget_summary(records: list[RunRecord]) -> str:
     if not finished:
         return "No run has finished yet."
     tuned = [r.metrics for r in finished if (r.setting or {}).get("init_from")]
-    trained = [r.metrics for r in finished if not (r.setting or {}).get("init_from")] or tuned
-    metrics = [r.metrics for r in finished]
+    trained = [r.metrics for r in finished if not (r.setting or {}).get("init_from")]
+    base, metrics = trained or tuned, [r.metrics for r in finished]
 
     def values(runs: list[dict], get) -> str:
         return ", ".join(sorted({str(get(m)) for m in runs}))
 
     def epochs(runs: list[dict]) -> str:
         return f"{values(runs, lambda m: m['epochs'])} epoch{'' if {m['epochs'] for m in runs} == {1} else 's'}"
-    scale = ("the paper's 2000 epochs" if {m["epochs"] for m in trained} == {2000}
+    scale = ("the paper's 2000 epochs" if {m["epochs"] for m in base} == {2000}
              else "a short budget, not the paper's 2000 epochs")
-    fine_tuning = f"; fine-tuning: {epochs(tuned)} more from a trained run" if tuned and trained is not tuned else ""
-    return (f"Budget: {epochs(trained)} ({scale}){fine_tuning}; test log p(x) with "
+    fine_tuning = f"; fine-tuning: {epochs(tuned)} more from a trained run" if trained and tuned else ""
+    return (f"Budget: {epochs(base)} ({scale}){fine_tuning}; test log p(x) with "
             f"K={values(metrics, lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
             f"{values(metrics, lambda m: describe_test_images(m['test_log_likelihood']))}. Measured on "
             f"{values(metrics, lambda m: m['device'])}, {values(metrics, lambda m: m['date'][:10])}.")
