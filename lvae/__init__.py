@@ -12,11 +12,11 @@ from importlib.metadata import version
 import torch
 from omegaconf import OmegaConf
 
-from . import evaluate
-from .config import Config, ModelConfig
-from .models import BottomUpVAE, HierarchicalVAE, LadderVAE, build_model
-from .run_config import model_spec
-from .stored_run import TrainedRun, load_run
+from lvae.core import evaluate
+from lvae.run.config import Config, ModelConfig
+from lvae.core.models import BottomUpVAE, HierarchicalVAE, LadderVAE, build_model
+from lvae.run.settings import model_spec
+from lvae.run.stored import TrainedRun, load_run
 
 __version__ = version("lvae")
 __all__ = ["BottomUpVAE", "HierarchicalVAE", "LadderVAE", "TrainedRun", "iw_log_likelihood", "load_run",

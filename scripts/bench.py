@@ -25,7 +25,7 @@ Prints, for a 5-layer LVAE and VAE with batch norm, eager and compiled side by s
   compiled evaluation, and (on the CPU) where their time goes: matmuls, optimiser, gradient clipping,
   random draws, element-wise work, the rest.
 
-Evaluation is measured as `lvae.evaluate.evaluate_model` runs it: batch norm folded
+Evaluation is measured as `lvae.core.evaluate.evaluate_model` runs it: batch norm folded
 into the dense layers (`fold_batchnorm`); the naive evaluator keeps it unfolded, as
 common implementations do.
 
@@ -60,17 +60,17 @@ from torch.utils.tensorboard import SummaryWriter
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
-from lvae.config import DEVICES, compose_config, resolve_device  # noqa: E402
+from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
+from lvae.run.config import DEVICES, compose_config, resolve_device  # noqa: E402
 from lvae.data import ImageData  # noqa: E402
-from lvae.evaluate import (DEFAULT_MEMORY_BUDGET_MB, chunk_layout, evaluation_copy, fold_batchnorm,  # noqa: E402
+from lvae.core.evaluate import (DEFAULT_MEMORY_BUDGET_MB, chunk_layout, evaluation_copy, fold_batchnorm,  # noqa: E402
                            iw_log_likelihood)
-from lvae.models import HierarchicalVAE, build_model  # noqa: E402
-from lvae.objectives import log_importance_weights  # noqa: E402
-from lvae.provenance import describe_device  # noqa: E402
-from lvae.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES  # noqa: E402
-from lvae.run_config import model_spec  # noqa: E402
-from lvae.train import new_optimizer, train_model  # noqa: E402
+from lvae.core.models import HierarchicalVAE, build_model  # noqa: E402
+from lvae.core.objectives import log_importance_weights  # noqa: E402
+from lvae.run.provenance import describe_device  # noqa: E402
+from lvae.cli.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES  # noqa: E402
+from lvae.run.settings import model_spec  # noqa: E402
+from lvae.run.train import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
 PAPER_EPOCHS = 2000
@@ -152,7 +152,7 @@ def paper_model(name: str, layers: int, device: torch.device, size: Size = PAPER
 
 def evaluation_model(name: str, layers: int, device: torch.device, compiled: bool = False,
                      size: Size = PAPER) -> HierarchicalVAE:
-    """The model as lvae.evaluate.evaluate_model runs it: eval mode, batch norm folded, maybe compiled."""
+    """The model as lvae.core.evaluate.evaluate_model runs it: eval mode, batch norm folded, maybe compiled."""
     return evaluation_copy(paper_model(name, layers, device, size), compiled)
 
 
@@ -166,7 +166,7 @@ def no_recompilation(compiled: bool):
 
 
 def training_setup(name: str, device: torch.device, steps: int, compiled: bool, size: Size = PAPER):
-    """(model, run(n_steps)) for the real training loop, lvae.train.train_model, at batch 256."""
+    """(model, run(n_steps)) for the real training loop, lvae.run.train.train_model, at batch 256."""
     torch.manual_seed(0)
     model = paper_model(name, size.layers, device, size)
     cfg = compose_config(f"model={name}", f"layers={size.layers}", "train.epochs=1", "train.progress=false",

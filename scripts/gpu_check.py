@@ -29,10 +29,10 @@ sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(REPO))
 
 import bench  # noqa: E402
-from lvae.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
-from lvae.config import DEVICES, resolve_device  # noqa: E402
-from lvae.evaluate import tf32_matmuls  # noqa: E402
-from lvae.provenance import describe_device, provenance  # noqa: E402
+from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
+from lvae.run.config import DEVICES, resolve_device  # noqa: E402
+from lvae.core.evaluate import tf32_matmuls  # noqa: E402
+from lvae.run.provenance import describe_device, provenance  # noqa: E402
 
 TIME_LIMIT_S = 8 * 60  # the whole check on a GPU, installs included (make gpu-check)
 FIGURE3_RUNS, TRAIN_IMAGES = 20, 60_000

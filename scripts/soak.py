@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lvae.cli import EXIT_BUSY  # noqa: E402
+from lvae.cli.train_command import EXIT_BUSY  # noqa: E402
 from tests.helpers.reproducibility import differences_between_runs  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

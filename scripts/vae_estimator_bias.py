@@ -16,10 +16,10 @@ import math
 
 import torch
 
-from lvae.distributions import gaussian_kl
-from lvae.evaluate import fold_batchnorm
-from lvae.objectives import kl_per_layer
-from lvae.stored_run import load_run
+from lvae.core.distributions import gaussian_kl
+from lvae.core.evaluate import fold_batchnorm
+from lvae.core.objectives import kl_per_layer
+from lvae.run.stored import load_run
 
 
 @torch.no_grad()

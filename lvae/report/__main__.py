@@ -1,5 +1,5 @@
-"""`python -m lvae.report`: see lvae/report/__init__.py."""
+"""`python -m lvae.report`: the command lives in lvae/cli/report.py."""
 
-from . import main
+from lvae.cli.report import main
 
 main()

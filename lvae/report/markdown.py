@@ -7,11 +7,11 @@ import datetime
 from collections import Counter
 from typing import Any, Callable
 
-from ..run_record import Status
-from ..summary import describe_test_images, format_bound, variant_name
-from .grid import Grid, active_units_of, format_cell, mean_of, panel_titles, row_label
-from .paper import PAPER_NUMBERS, budget_deviations, paper_cell
-from .runs import OTHER_CODE_NOTE, RunRecord, code_mark
+from lvae.run.record import Status
+from lvae.run.summary import describe_test_images, format_bound, variant_name
+from lvae.report.grid import Grid, active_units_of, format_cell, mean_of, panel_titles, row_label
+from lvae.report.paper_numbers import PAPER_NUMBERS, budget_deviations, paper_cell
+from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, code_mark
 
 def markdown_table(records: list[RunRecord]) -> str:
     """One line per run: its row label in the tables (a fine-tuned run as "... + fine-tuning"), its length and

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ..data import DATASETS
-from .grid import QUANTITIES, Grid, active_units_of, build_grid, mean_and_std, mean_of, panel_titles
-from .markdown import results_markdown
-from .paper import OTHER_ARCHITECTURE, PAPER_NUMBERS, budget_deviations
-from .runs import RunRecord
+from lvae.data import DATASETS
+from lvae.report.grid import QUANTITIES, Grid, active_units_of, build_grid, mean_and_std, mean_of, panel_titles
+from lvae.report.markdown import results_markdown
+from lvae.report.paper_numbers import OTHER_ARCHITECTURE, PAPER_NUMBERS, budget_deviations
+from lvae.report.runs import RunRecord
 
 def write_csv(grid: Grid, path: Path) -> None:
     """One line per variant, depth and quantity: mean, std over seeds, counts, the paper's number."""

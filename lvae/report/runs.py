@@ -16,11 +16,11 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import run_defining_values, schema_defaults
-from ..provenance import NUMERICS_VERSION, is_current_numerics
-from ..run_record import CONFIG_FILE, METRICS_FILE, Status, read_config, read_record, status_of
-from ..sweep import Job, jobs_of_sweep_dir
-from .paper import BUDGET_KEYS
+from lvae.run.config import run_defining_values, schema_defaults
+from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics
+from lvae.run.record import CONFIG_FILE, METRICS_FILE, Status, read_config, read_record, status_of
+from lvae.run.sweep import Job, jobs_of_sweep_dir
+from lvae.report.paper_numbers import BUDGET_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 import lvae
-from lvae.checkpoint import load_checkpoint
-from lvae.config import compose_config
-from lvae.train import run
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import compose_config
+from lvae.run.train import run
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
         "train.epochs=1", "eval.iw_samples=16", "eval.train_subset=32", "eval.analyze=false", "device=cpu",

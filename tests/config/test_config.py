@@ -8,12 +8,12 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
-from lvae.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
+from lvae.run.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
 from lvae.data import DATASETS
-from lvae.evaluate import CurveSettings, EvalSettings
-from lvae.models import MODELS
-from lvae.run_analysis import AnalysisSettings
-from lvae.run_config import curve_settings, eval_settings
+from lvae.core.evaluate import CurveSettings, EvalSettings
+from lvae.core.models import MODELS
+from lvae.run.analysis import AnalysisSettings
+from lvae.run.settings import curve_settings, eval_settings
 
 from ..helpers import REPO
 
@@ -98,7 +98,7 @@ def test_command_line_exits_with_the_message():
 
 
 def test_a_run_folder_name_too_long_for_a_file_system_is_cut_with_a_hash_of_the_whole():
-    from lvae.config import MAX_RUN_DIR_NAME, run_dir_name
+    from lvae.run.config import MAX_RUN_DIR_NAME, run_dir_name
 
     overrides = ",".join(f"model.hidden_sizes=[{size},16,8,8,8]" for size in range(30))
     name = run_dir_name(overrides)

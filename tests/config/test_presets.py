@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lvae.config import CONFIG_DIR, validate
-from lvae.sweep import sweep_jobs
+from lvae.run.config import CONFIG_DIR, validate
+from lvae.run.sweep import sweep_jobs
 
 PRESETS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 BUDGETS = sorted(path.stem for path in (Path(CONFIG_DIR) / "budget").glob("*.yaml"))

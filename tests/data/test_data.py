@@ -7,7 +7,7 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from lvae.config import compose_config
+from lvae.run.config import compose_config
 from lvae.data import DatasetInvalidError, DatasetNotFoundError, default_data_root, load_mnist
 
 

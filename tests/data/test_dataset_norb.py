@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import lvae.data
-from lvae.config import validate
+from lvae.run.config import validate
 from lvae.data import NORB_FILES, DatasetInvalidError, DatasetNotFoundError, load_norb
-from lvae.train import run
+from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import lvae.data
-from lvae.config import validate
+from lvae.run.config import validate
 from lvae.data import DatasetInvalidError, DatasetNotFoundError, load_omniglot
-from lvae.train import run
+from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg
 

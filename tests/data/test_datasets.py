@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lvae.data
-from lvae.config import ConfigError, compose_config, validate
+from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import (
     DatasetInvalidError,
     DatasetNotFoundError,
@@ -23,7 +23,7 @@ from lvae.data import (
     load_dataset,
     load_fashion_mnist,
 )
-from lvae.train import run
+from lvae.run.train import run
 
 from ..helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
 

@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from lvae.evaluate import iw_log_likelihood
-from lvae.models import BottomUpVAE, LadderVAE
-from lvae.objectives import log_importance_weights
+from lvae.core.evaluate import iw_log_likelihood
+from lvae.core.models import BottomUpVAE, LadderVAE
+from lvae.core.objectives import log_importance_weights
 
 from ..helpers.linear_gaussian import LinearGaussian, set_head
 

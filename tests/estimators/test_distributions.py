@@ -3,7 +3,7 @@
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from lvae.distributions import (
+from lvae.core.distributions import (
     bernoulli_log_prob,
     gaussian_kl,
     gaussian_log_prob,

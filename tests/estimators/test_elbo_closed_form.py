@@ -16,11 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvae.config import compose_config
+from lvae.run.config import compose_config
 from lvae.data import ImageData
-from lvae.evaluate import evaluate_model
-from lvae.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
-from lvae.run_config import eval_settings
+from lvae.core.evaluate import evaluate_model
+from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
+from lvae.run.settings import eval_settings
 
 from ..helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup
 
@@ -51,7 +51,7 @@ def test_the_strongly_dependent_case_is_one_an_analytic_kl_gets_wrong():
     model, x, exact = setup("strongly dependent", "vae")
     with torch.no_grad():
         layer = model(x.expand(DRAWS, -1), 1).layers[0]
-    from lvae.distributions import gaussian_kl
+    from lvae.core.distributions import gaussian_kl
 
     analytic_at_sample = gaussian_kl(layer.q_mean, layer.q_var, layer.p_mean, layer.p_var)[0, :, 0]
     bias = (analytic_at_sample.mean() - exact.kl_per_unit[0][0]).item()

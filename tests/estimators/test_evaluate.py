@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from lvae.evaluate import (
+from lvae.core.evaluate import (
     BYTES_PER_FLOAT,
     IMAGE_GROUP,
     chunk_layout,
@@ -18,7 +18,7 @@ from lvae.evaluate import (
     iw_log_likelihood_halves,
     recompute_batchnorm_statistics,
 )
-from lvae.models import BottomUpVAE
+from lvae.core.models import BottomUpVAE
 
 from ..helpers.linear_gaussian import LinearGaussian, set_head
 from .test_models import small_model

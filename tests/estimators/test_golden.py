@@ -10,9 +10,9 @@ in reports and by `train.py` instead of being taken for this code's.
 import pytest
 import torch
 
-from lvae.config import compose_config
-from lvae.provenance import NUMERICS_VERSION
-from lvae.train import run
+from lvae.run.config import compose_config
+from lvae.run.provenance import NUMERICS_VERSION
+from lvae.run.train import run
 
 # The run: a 3-layer LVAE with batch norm and warm-up, 2 epochs on 96 synthetic images, K=16 on 32.
 OVERRIDES = ("model=lvae", "layers=3", "model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]",

@@ -7,13 +7,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lvae.config import ConfigError, compose_config, validate
+from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import ImageData, SubsetError, fixed_permutation, load_mnist
-from lvae.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
-from lvae.models import build_model
-from lvae.run_config import eval_settings
-from lvae.run_config import model_spec
-from lvae.summary import describe_test_images
+from lvae.core.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
+from lvae.core.models import build_model
+from lvae.run.settings import eval_settings
+from lvae.run.settings import model_spec
+from lvae.run.summary import describe_test_images
 
 D = 20
 QUANTITIES = ("test_log_likelihood", "test_elbo", "train_bound")

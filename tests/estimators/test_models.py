@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from lvae.config import compose_config
-from lvae.distributions import precision_weighted_merge
-from lvae.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
-from lvae.objectives import training_bound
-from lvae.run_config import model_spec
+from lvae.run.config import compose_config
+from lvae.core.distributions import precision_weighted_merge
+from lvae.core.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
+from lvae.core.objectives import training_bound
+from lvae.run.settings import model_spec
 
 
 D, B, S = 20, 8, 3
@@ -114,7 +114,7 @@ def test_prior_samples_are_images():
 @pytest.mark.parametrize("head_batch_norm", [False, True])
 @pytest.mark.parametrize("name", ["vae", "lvae"])
 def test_folding_batchnorm_keeps_the_function(name, head_batch_norm):
-    from lvae.evaluate import fold_batchnorm
+    from lvae.core.evaluate import fold_batchnorm
 
     torch.manual_seed(0)
     model = small_model(name, 3, True, f"model.head_batch_norm={head_batch_norm}")

@@ -5,16 +5,16 @@ import math
 import pytest
 import torch
 
-from lvae.config import compose_config
-from lvae.models import build_model
-from lvae.objectives import (
+from lvae.run.config import compose_config
+from lvae.core.models import build_model
+from lvae.core.objectives import (
     elbo,
     iw_bound,
     kl_warmup_weight,
     log_importance_weights,
     training_bound,
 )
-from lvae.run_config import model_spec
+from lvae.run.settings import model_spec
 
 
 def _model_and_data(name="lvae"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lvae.models import BottomUpVAE, LadderVAE
+from lvae.core.models import BottomUpVAE, LadderVAE
 
 from .gaussian_chain import ChainParameters, exact_elbo
 

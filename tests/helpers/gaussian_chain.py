@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lvae.models import BottomUpVAE, LadderVAE
+from lvae.core.models import BottomUpVAE, LadderVAE
 
 from .linear_gaussian import MIN_VARIANCE, set_head
 

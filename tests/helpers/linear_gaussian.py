@@ -13,7 +13,7 @@ import torch
 from torch.distributions import MultivariateNormal
 from torch.nn import functional as F
 
-from lvae.models import BottomUpVAE, GaussianHead, LadderVAE
+from lvae.core.models import BottomUpVAE, GaussianHead, LadderVAE
 
 MIN_VARIANCE = 1e-6
 

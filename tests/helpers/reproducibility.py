@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lvae.checkpoint import load_checkpoint
+from lvae.run.checkpoint import load_checkpoint
 
 # What two runs of the same config must agree on exactly (timings and provenance differ by nature).
 REPRODUCED_METRICS = ("test_log_likelihood", "test_elbo", "train_bound", "kl_per_layer")

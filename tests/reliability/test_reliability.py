@@ -1,6 +1,6 @@
 """Crash-safe, resumable runs; one writer per run directory; the NaN guard; one clear error for each bad input.
 
-These tests call lvae.train.run in this process, with signals sent to itself at a chosen
+These tests call lvae.run.train.run in this process, with signals sent to itself at a chosen
 step; tests/reliability/test_reliability_cli.py does the same through the command line.
 """
 
@@ -17,12 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import lvae.checkpoint
-import lvae.train
-from lvae.checkpoint import CheckpointError, RunDirBusy, atomic_write, hold_run_dir, load_checkpoint
-from lvae.config import ConfigError, compose_config, validate
+import lvae.run.checkpoint
+import lvae.run.train
+from lvae.run.checkpoint import CheckpointError, RunDirBusy, atomic_write, hold_run_dir, load_checkpoint
+from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import DatasetInvalidError, load_mnist
-from lvae.train import RunFailed, RunInterrupted, run
+from lvae.run.train import RunFailed, RunInterrupted, run
 
 from ..helpers.datasets import write_synthetic_mnist
 from ..helpers.reproducibility import differences_between_runs
@@ -56,7 +56,7 @@ def two_epochs(tmp_path_factory):
 
 @pytest.fixture
 def signal_at(monkeypatch):
-    """signal_at(signum, where, call): `where` (a function of lvae.train) sends signum to this
+    """signal_at(signum, where, call): `where` (a function of lvae.run.train) sends signum to this
     process on its call-th call, as SLURM or Ctrl-C would. The default actions (exit, or
     KeyboardInterrupt) are replaced meanwhile, so that a run that fails to handle a signal
     fails its test instead of ending pytest."""
@@ -69,7 +69,7 @@ def signal_at(monkeypatch):
     previous = {signum: signal.signal(signum, unhandled) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def arm(signum: int, where: str, call: int) -> None:
-        real, calls = getattr(lvae.train, where), {"n": 0}
+        real, calls = getattr(lvae.run.train, where), {"n": 0}
 
         def sending(*args, **kwargs):
             calls["n"] += 1
@@ -77,7 +77,7 @@ def signal_at(monkeypatch):
                 os.kill(os.getpid(), signum)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(lvae.train, where, sending)
+        monkeypatch.setattr(lvae.run.train, where, sending)
 
     yield arm
     for signum, handler in previous.items():
@@ -157,7 +157,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     def no_locks(fd, operation):
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(lvae.checkpoint.fcntl, "flock", no_locks)
+    monkeypatch.setattr(lvae.run.checkpoint.fcntl, "flock", no_locks)
     with hold_run_dir(tmp_path):
         assert "make sure that no other process works on this run directory" in caplog.text
 
@@ -199,14 +199,14 @@ def test_resuming_with_a_changed_config_names_the_differing_keys(synthetic_mnist
 
 def _poison_step(monkeypatch, step: int) -> None:
     calls = {"n": 0}
-    real_bound = lvae.train.training_bound
+    real_bound = lvae.run.train.training_bound
 
     def poisoned_bound(*args, **kwargs):
         calls["n"] += 1
         bound = real_bound(*args, **kwargs)
         return bound * float("nan") if calls["n"] == step else bound
 
-    monkeypatch.setattr(lvae.train, "training_bound", poisoned_bound)
+    monkeypatch.setattr(lvae.run.train, "training_bound", poisoned_bound)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_mnist, tmp_path, monkeypatch):
@@ -244,7 +244,7 @@ def test_full_disk_keeps_the_previous_checkpoint(synthetic_mnist, tmp_path, monk
             raise OSError(28, "No space left on device")
         real_save(obj, f)
 
-    monkeypatch.setattr(lvae.checkpoint.torch, "save", save_until_disk_fills)
+    monkeypatch.setattr(lvae.run.checkpoint.torch, "save", save_until_disk_fills)
     with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
         run(cfg, tmp_path)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["training"]["epoch"] == 1
@@ -267,7 +267,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_the_keys(two_epoch
     cfg, reference = two_epochs
     checkpoint = load_checkpoint(reference / "checkpoint.pt")
     checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if "upward" not in k}  # a VAE-like dict
-    lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
+    lvae.run.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
     missing = next(k for k in load_checkpoint(reference / "checkpoint.pt")["model"] if "upward" in k)
     with pytest.raises(CheckpointError, match=f"does not fit this model: it lacks {missing}"):
         run(cfg, tmp_path)
@@ -319,12 +319,12 @@ def test_run_comparison_sees_a_single_changed_parameter(two_epochs, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     key = next(iter(checkpoint["model"]))
     checkpoint["model"][key].view(-1)[0] += 1e-6
-    lvae.checkpoint.save_checkpoint(tmp_path / "b" / "checkpoint.pt", **checkpoint)
+    lvae.run.checkpoint.save_checkpoint(tmp_path / "b" / "checkpoint.pt", **checkpoint)
     assert differences_between_runs(reference, tmp_path / "b") == [f"parameter {key}"]
 
 
 def test_a_config_key_added_later_keeps_old_runs_resumable():
-    from lvae.config import run_differences
+    from lvae.run.config import run_differences
 
     cfg = compose_config(*TINY)
     stored = OmegaConf.to_container(cfg, resolve=True)

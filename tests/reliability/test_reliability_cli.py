@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lvae.checkpoint import load_checkpoint
+from lvae.run.checkpoint import load_checkpoint
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 # as on a real full disk.
 FULL_DISK = """
 import builtins, errno, sys
-import lvae.checkpoint
-from lvae.cli import train
+import lvae.run.checkpoint
+from lvae.cli.train_command import train
 
 real_open, checkpoint_writes = builtins.open, []
 
@@ -54,7 +54,7 @@ def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
             return FullDisk(file)
     return file
 
-lvae.checkpoint.open = open_on_a_filling_disk
+lvae.run.checkpoint.open = open_on_a_filling_disk
 sys.argv[0] = "train.py"
 train()
 """

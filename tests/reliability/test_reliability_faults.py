@@ -4,7 +4,7 @@ batch norm on one image, refused launches that must leave run folders as they we
 another architecture, and the smaller ones (numbering, signals during compilation, presets that are
 sweeps, symlinked runs in a report, a relative data root).
 
-In-process where the fault lies below the command line (lvae.train.run, lvae.cli.check_command_line);
+In-process where the fault lies below the command line (lvae.run.train.run, lvae.cli.train_command.check_command_line);
 the few tests marked slow start the real train.py.
 """
 
@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import lvae.checkpoint
-import lvae.train
-from lvae.checkpoint import CheckpointError, RunLogFile, hold_run_dir, load_checkpoint
-from lvae.cli import EXIT_BAD_INPUT, check_command_line
-from lvae.config import ConfigError, compose_config, validate
+import lvae.run.checkpoint
+import lvae.run.train
+from lvae.run.checkpoint import CheckpointError, RunLogFile, hold_run_dir, load_checkpoint
+from lvae.cli.train_command import EXIT_BAD_INPUT, check_command_line
+from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import DatasetNotFoundError
 from lvae.report.runs import find_runs
-from lvae.train import RunFailed, StopRequest, divergence_floor, run
+from lvae.run.train import RunFailed, StopRequest, divergence_floor, run
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
@@ -87,14 +87,14 @@ def test_a_record_without_its_checkpoint_is_not_replaced_by_another_run(data_roo
 
 # 2. Divergence: a finite but absurd bound fails the run, which keeps its last good checkpoint.
 def test_a_diverging_run_fails_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
-    calls, real_bound = {"n": 0}, lvae.train.training_bound
+    calls, real_bound = {"n": 0}, lvae.run.train.training_bound
 
     def exploding_bound(*args, **kwargs):  # from step 8 (epoch 2) on, a million times worse: finite
         calls["n"] += 1
         bound = real_bound(*args, **kwargs)
         return bound * 1e6 if calls["n"] >= 8 else bound
 
-    monkeypatch.setattr(lvae.train, "training_bound", exploding_bound)
+    monkeypatch.setattr(lvae.run.train, "training_bound", exploding_bound)
     cfg = compose_config(*TINY, f"data.root={data_root}", "train.epochs=3", "train.checkpoint_every=1")
     with pytest.raises(RunFailed, match=r"diverged in epoch 2 .*nats per pixel worse than a model that learned "
                                         r"nothing.*the last good checkpoint \(step 6, 1 complete epoch\) was kept"):
@@ -131,7 +131,7 @@ def test_a_full_disk_after_the_final_checkpoint_names_the_file(data_root, tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(lvae.checkpoint, "open", filling_open, raising=False)
+    monkeypatch.setattr(lvae.run.checkpoint, "open", filling_open, raising=False)
     with pytest.raises(OSError) as error:
         run(compose_config(*TINY, f"data.root={data_root}", *ONE_EPOCH), tmp_path)
     message = str(error.value)
@@ -148,7 +148,7 @@ def test_a_full_disk_at_the_start_names_the_file(data_root, tmp_path, monkeypatc
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lvae.checkpoint.os, "pwrite", full)
+    monkeypatch.setattr(lvae.run.checkpoint.os, "pwrite", full)
     with pytest.raises(OSError, match=r"No space left on device") as error:
         run(compose_config(*TINY, f"data.root={data_root}", *ONE_EPOCH), tmp_path / "run")
     assert error.value.filename == str(tmp_path / "run" / ".lock")
@@ -160,7 +160,7 @@ def test_the_run_log_holds_its_lines_until_the_run_is_accepted(tmp_path):
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.emit(logging.LogRecord("lvae", logging.WARNING, __file__, 1, "before", None, None))
     assert not (tmp_path / "train.log").exists()
-    lvae.checkpoint.open_run_logs()  # not attached to the root logger: not this one's business
+    lvae.run.checkpoint.open_run_logs()  # not attached to the root logger: not this one's business
     assert not (tmp_path / "train.log").exists()
     handler.open_for_the_run()
     handler.emit(logging.LogRecord("lvae", logging.INFO, __file__, 1, "after", None, None))
@@ -229,7 +229,7 @@ def test_a_refused_change_leaves_a_finished_run_and_its_log_untouched(data_root,
     try:
         with pytest.raises(ConfigError, match=r"train\.lr: 0\.002 -> 0\.01"):
             run(compose_config(*TINY, f"data.root={data_root}", *ONE_EPOCH, "train.lr=0.01"), copy)
-        logging.getLogger("lvae.cli").error("refused")  # what the command line logs next: held, never written
+        logging.getLogger("lvae.cli.train_command").error("refused")  # what the command line logs next: held, never written
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -265,7 +265,7 @@ def test_a_report_follows_symlinked_run_folders(finished, tmp_path):
 def test_a_relative_data_root_is_reported_as_the_absolute_folder_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetNotFoundError) as error:
-        lvae.train.load_dataset(compose_config("data.root=relative/data", "data.download=false").data,
+        lvae.run.train.load_dataset(compose_config("data.root=relative/data", "data.download=false").data,
                                 torch.device("cpu"))
     assert f"Looked in {tmp_path / 'relative' / 'data' / 'MNIST' / 'raw'}" in str(error.value)
 

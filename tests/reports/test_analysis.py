@@ -8,14 +8,14 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from lvae.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
+from lvae.core.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
 from lvae.data import ImageData
-from lvae.run_analysis import AnalysisSettings, RunToAnalyze, analyze
-from lvae.analyze import main
-from lvae.config import compose_config
-from lvae.models import build_model
-from lvae.run_config import model_spec
-from lvae.train import run
+from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze
+from lvae.cli.analyze import main
+from lvae.run.config import compose_config
+from lvae.core.models import build_model
+from lvae.run.settings import model_spec
+from lvae.run.train import run
 
 from ..helpers.linear_gaussian import set_head
 
@@ -154,7 +154,7 @@ def test_a_run_dir_without_a_usable_checkpoint_stops_with_one_line_naming_it(che
 
 
 def test_a_run_computes_its_active_units_once_and_its_record_agrees_with_itself(synthetic_mnist, tmp_path):
-    """metrics.json, the run's own analysis.json and a later `lvae.analyze` of the run give the same counts:
+    """metrics.json, the run's own analysis.json and a later `lvae.cli.analyze` of the run give the same counts:
     the analysis reuses the evaluation's active units, and re-analysing uses the run's seed."""
     cfg = compose_config(f"data.root={synthetic_mnist}", "model=vae", "layers=2", "model.hidden_sizes=[32,16]",
                          "model.latent_sizes=[8,4]", "train.epochs=1", "train.batch_size=32", "warmup_epochs=0",
@@ -181,7 +181,7 @@ def test_the_analysis_leaves_the_callers_random_state_as_it_was(tmp_path):
 
 
 def test_nearest_class_mean_accuracy_is_one_for_separated_classes_and_chance_for_none():
-    from lvae.analysis import nearest_centroid_accuracy
+    from lvae.core.analysis import nearest_centroid_accuracy
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(2000) % 4
@@ -192,7 +192,7 @@ def test_nearest_class_mean_accuracy_is_one_for_separated_classes_and_chance_for
 
 
 def test_pca_is_drawn_for_digits_for_many_classes_and_for_a_dataset_without_classes(tmp_path):
-    from lvae.analysis import plot_pca
+    from lvae.core.analysis import plot_pca
 
     samples = {"run": [torch.randn(60, 4), torch.randn(60, 2)]}
     for name, labels in (("digits", torch.arange(60) % 10), ("many", torch.arange(60) % 50),

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from lvae.compare import main, pair_by_seed, paired, read_estimates
+from lvae.cli.compare import main
+from lvae.report.compare import pair_by_seed, paired, read_estimates
 
 
 def _run(path, model: str, seed: int, values: torch.Tensor):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import lvae.paper
-from lvae.config import compose_config
-from lvae.paper import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Difference, all_of, better_verdict,
-                        main as paper_main)
-from lvae.train import run
+import lvae.cli.paper
+from lvae.cli.paper import main as paper_main
+from lvae.report.verdicts import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Difference, all_of, better_verdict
+from lvae.run.config import compose_config
+from lvae.run.train import run
 
 from ..helpers.datasets import write_synthetic_mnist
 
@@ -79,7 +79,7 @@ def test_a_verdict_follows_the_difference_and_its_standard_error():
 
 def test_the_command_runs_figure_3_then_the_table_like_make_reproduce(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(lvae.paper.subprocess, "run",
+    monkeypatch.setattr(lvae.cli.paper.subprocess, "run",
                         lambda command: commands.append(command) or subprocess.CompletedProcess(command, 0))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_code:  # nothing ran, so no run is there to analyse
@@ -91,7 +91,7 @@ def test_the_command_runs_figure_3_then_the_table_like_make_reproduce(tmp_path, 
 
 
 def test_runs_without_per_image_estimates_are_compared_only_on_the_whole_test_set(tmp_path):
-    from lvae.paper import difference
+    from lvae.report.verdicts import difference
     from lvae.report.runs import RunRecord
 
     def record(name: str, mean: float, images: int) -> RunRecord:  # an older record: no per_image.pt beside it

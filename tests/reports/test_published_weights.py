@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import lvae
-from lvae.analyze import main as analyze_main
-from lvae.checkpoint import load_checkpoint
-from lvae.config import compose_config
-from lvae.provenance import NUMERICS_VERSION
-from lvae.report import main as report_main
-from lvae.run_record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_record
-from lvae.stored_run import RunDirError, check_run_dir
-from lvae.train import run
+from lvae.cli.analyze import main as analyze_main
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import compose_config
+from lvae.run.provenance import NUMERICS_VERSION
+from lvae.cli.report import main as report_main
+from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_record
+from lvae.run.stored import RunDirError, check_run_dir
+from lvae.run.train import run
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
         "train.epochs=1", "eval.iw_samples=8", "eval.train_subset=32", "eval.analyze=false", "device=cpu",

@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-from lvae.provenance import NUMERICS_VERSION
-from lvae.report import main
+from lvae.run.provenance import NUMERICS_VERSION
+from lvae.cli.report import main
 from lvae.report.grid import build_grid
 from lvae.report.markdown import budget_summary, markdown_table
-from lvae.report.paper import paper_cell
+from lvae.report.paper_numbers import paper_cell
 from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, collect_runs, find_runs
 
 

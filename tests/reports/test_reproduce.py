@@ -14,19 +14,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lvae.checkpoint import CheckpointError, load_checkpoint
-from lvae.config import CONFIG_DIR, ConfigError, compose_config
-from lvae.finetune import learning_rate, load_initial_weights
-from lvae.models import build_model
-from lvae.provenance import NUMERICS_VERSION
-from lvae.report import main as report_main
-from lvae.report.paper import BUDGET_KEYS
+from lvae.run.checkpoint import CheckpointError, load_checkpoint
+from lvae.run.config import CONFIG_DIR, ConfigError, compose_config
+from lvae.run.finetune import learning_rate, load_initial_weights
+from lvae.core.models import build_model
+from lvae.run.provenance import NUMERICS_VERSION
+from lvae.cli.report import main as report_main
+from lvae.report.paper_numbers import BUDGET_KEYS
 from lvae.report.runs import collect_runs
-from lvae.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs, estimate_run,
+from lvae.cli.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs, estimate_run,
                              main as reproduce_main)
-from lvae.run_config import model_spec
-from lvae.sweep import expand_overrides, sweep_jobs
-from lvae.train import run
+from lvae.run.settings import model_spec
+from lvae.run.sweep import expand_overrides, sweep_jobs
+from lvae.run.train import run
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist

@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch._inductor import config as inductor_config
 
-from lvae.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from lvae.config import compose_config
+from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, compiled, use_compile
+from lvae.run.config import compose_config
 from lvae.data import ImageData
-from lvae.evaluate import evaluate_model
-from lvae.models import build_model
-from lvae.run_config import eval_settings
-from lvae.run_config import model_spec
-from lvae.train import training_forward
+from lvae.core.evaluate import evaluate_model
+from lvae.core.models import build_model
+from lvae.run.settings import eval_settings
+from lvae.run.settings import model_spec
+from lvae.run.train import training_forward
 
 from ..helpers.elbo_cases import assert_unbiased, setup
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lvae.checkpoint import load_checkpoint
-from lvae.config import ConfigError, compose_config, validate
-from lvae.evaluate import CURVE_POINTS, curve_interval
-from lvae.run_record import is_complete_for
-from lvae.train import run
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import ConfigError, compose_config, validate
+from lvae.core.evaluate import CURVE_POINTS, curve_interval
+from lvae.run.record import is_complete_for
+from lvae.run.train import run
 
 TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
         "warmup_epochs=2", "eval.iw_samples=8", "eval.train_subset=32", "eval.analyze=false", "device=cpu",

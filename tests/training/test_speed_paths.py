@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lvae.config import compose_config
+from lvae.run.config import compose_config
 from lvae.data import ImageData
-from lvae.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
+from lvae.core.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
                          merge_separate_head_maps)
-from lvae.provenance import NUMERICS_VERSION
-from lvae.run_config import model_spec
-from lvae.stored_run import trained_model
-from lvae.train import training_forward
+from lvae.run.provenance import NUMERICS_VERSION
+from lvae.run.settings import model_spec
+from lvae.run.stored import trained_model
+from lvae.run.train import training_forward
 
 D, B, S = 20, 8, 3
 
@@ -151,7 +151,7 @@ def test_the_binarization_is_torch_bernoullis_draw_on_the_cpu(pixels):
 
 def tiny_run(data_root, run_dir) -> tuple[str, ...]:
     """The overrides of a tiny run, less train.epochs, after running it for 1 epoch in run_dir."""
-    from lvae.train import run
+    from lvae.run.train import run
 
     tiny = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]",
             "train.batch_size=16", "eval.iw_samples=4", "eval.train_subset=16", "eval.analyze=false",
@@ -162,15 +162,15 @@ def tiny_run(data_root, run_dir) -> tuple[str, ...]:
 
 def test_a_checkpoint_of_another_numerics_version_is_not_resumed(synthetic_mnist, tmp_path):
     """A checkpoint that records another numerics version than the installed one is left untouched."""
-    import lvae.checkpoint
-    from lvae.checkpoint import CheckpointError, load_checkpoint
-    from lvae.train import run
+    import lvae.run.checkpoint
+    from lvae.run.checkpoint import CheckpointError, load_checkpoint
+    from lvae.run.train import run
 
     tiny = tiny_run(synthetic_mnist, tmp_path)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["numerics_version"] == NUMERICS_VERSION
     checkpoint["numerics_version"] = NUMERICS_VERSION + 1
-    lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
+    lvae.run.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
     written = (tmp_path / "checkpoint.pt").read_bytes()
     refusal = f"numerics version {NUMERICS_VERSION + 1}; this one is {NUMERICS_VERSION}.*left untouched"
     with pytest.raises(CheckpointError, match=refusal):
@@ -181,20 +181,20 @@ def test_a_checkpoint_of_another_numerics_version_is_not_resumed(synthetic_mnist
 def test_a_run_of_separate_head_maps_fine_tunes_but_does_not_resume(synthetic_mnist, tmp_path):
     """A run of the older layout is not continued (its optimiser state and numerics are the old ones);
     fine-tuning from it (init_from) loads its weights merged."""
-    import lvae.checkpoint
-    from lvae.checkpoint import CheckpointError, load_checkpoint
-    from lvae.train import run
+    import lvae.run.checkpoint
+    from lvae.run.checkpoint import CheckpointError, load_checkpoint
+    from lvae.run.train import run
 
     tiny = tiny_run(synthetic_mnist, tmp_path)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     checkpoint["model"] = separate_head_maps(checkpoint["model"])
-    lvae.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
+    lvae.run.checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", **checkpoint)
     written = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(CheckpointError, match="another lvae.*separate mean and variance maps.*left untouched"):
         run(compose_config(*tiny, "train.epochs=2"), tmp_path)  # more epochs: training continues from the checkpoint
     assert (tmp_path / "checkpoint.pt").read_bytes() == written
     # Fine-tuning from it (weights only, a fresh optimiser) loads the weights, merged.
-    from lvae.finetune import load_initial_weights
+    from lvae.run.finetune import load_initial_weights
 
     model = build_model(model_spec(compose_config(*tiny)), 28 * 28)
     load_initial_weights(model, tmp_path)
@@ -208,7 +208,7 @@ def test_the_gradient_norm_is_clipped_to_the_threshold_and_left_below_it(synthet
     from torch.utils.tensorboard import SummaryWriter
 
     from lvae.data import load_dataset
-    from lvae.train import train_model
+    from lvae.run.train import train_model
 
     cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", "model.hidden_sizes=[16,8]",
                          "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",

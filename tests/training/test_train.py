@@ -8,14 +8,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from lvae.checkpoint import load_checkpoint
-from lvae.config import compose_config
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import compose_config
 from lvae.data import ImageData, load_mnist
-from lvae.evaluate import iw_log_likelihood
-from lvae.models import build_model
-from lvae.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
-from lvae.run_config import model_spec
-from lvae.train import run, train_model
+from lvae.core.evaluate import iw_log_likelihood
+from lvae.core.models import build_model
+from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
+from lvae.run.settings import model_spec
+from lvae.run.train import run, train_model
 
 
 SMALL = ("model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]")

@@ -8,7 +8,7 @@ Two config keys drive it (lvae/config.py):
   `train.lr * train.lr_decay**e`. It is a function of the epoch alone, so a resumed run
   sets exactly the rate an uninterrupted one had; 1 keeps the rate constant.
 
-lvae.train uses them through `load_initial_weights` (a fresh run with init_from set)
+lvae.run.train uses them through `load_initial_weights` (a fresh run with init_from set)
 and `set_learning_rate` (at the start of every epoch).
 """
 
@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
-from .config import ConfigError
-from .models import merge_separate_head_maps
-from .run_record import CHECKPOINT_FILE, is_complete, read_record, status_of
+from lvae.run.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
+from lvae.run.config import ConfigError
+from lvae.core.models import merge_separate_head_maps
+from lvae.run.record import CHECKPOINT_FILE, is_complete, read_record, status_of
 
 
 def learning_rate(train_cfg: DictConfig, epoch: int) -> float:

@@ -1,14 +1,14 @@
 """A run's folder and its record: the one place that knows the folder's files and reads or writes metrics.json.
 
-A run folder (Hydra's output dir, or any folder given to `lvae.train.run`) holds:
+A run folder (Hydra's output dir, or any folder given to `lvae.run.train.run`) holds:
 
     config.yaml      the fully resolved config the run was started with
-    checkpoint.pt    model, optimiser, training position, RNG states and their checksum (lvae.checkpoint)
+    checkpoint.pt    model, optimiser, training position, RNG states and their checksum (lvae.run.checkpoint)
     metrics.json     the record: status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     every evaluated test image's estimates and its index in the test set
     tensorboard/     scalars per epoch
     weights.pt       (a published run, instead of checkpoint.pt) the model alone: `write_weights`
-    .lock            held by the one process that works on the run (lvae.checkpoint.hold_run_dir)
+    .lock            held by the one process that works on the run (lvae.run.checkpoint.hold_run_dir)
 
 The record's `status` is a `Status`; "complete" means one thing everywhere (`is_complete`,
 and `is_complete_for` a config), and the keys that say what a run is come from `run_identity`.
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
-from .config import config_to_dict, evaluation_settings, run_differences
-from .provenance import numerics_version_of
+from lvae.run.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from lvae.run.config import config_to_dict, evaluation_settings, run_differences
+from lvae.run.provenance import numerics_version_of
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -81,7 +81,7 @@ def write_weights(run_dir: Path, out_dir: Path) -> Path:
     batch-norm statistics of its evaluation included), without what only resuming needs (optimiser
     state, training position, RNG states), beside the run's config and the numerics version and git
     commit of its record, which say what run and code the weights belong to. Written and read like a
-    checkpoint (lvae.checkpoint: atomically, with its checksum, loadable with weights_only=True)."""
+    checkpoint (lvae.run.checkpoint: atomically, with its checksum, loadable with weights_only=True)."""
     record = read_record(run_dir)
     if not is_complete(record):
         raise ValueError(f"{run_dir} is {status_of(record)}, not completed: its checkpoint holds no final weights")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # lvae/run/provenance.py -> the checkout
 
 # What a run computes, as a version that a change to the numbers bumps on purpose: the densities,
 # the models, the bounds, the evaluation, the data pipeline (scaling, binarization, subsets), the

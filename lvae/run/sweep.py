@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONFIG_DIR
+from lvae.run.config import CONFIG_DIR
 
 
 @dataclass

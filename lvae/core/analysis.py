@@ -26,8 +26,8 @@ from matplotlib.ticker import FuncFormatter
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
-from .evaluate import per_image
-from .models import HierarchicalVAE, StochasticLayer
+from lvae.core.evaluate import per_image
+from lvae.core.models import HierarchicalVAE, StochasticLayer
 
 ACTIVITY_THRESHOLD = 0.01  # both criteria (docs/method.md, section 5)
 DIGITS = 10
@@ -76,7 +76,7 @@ def per_layer_per_image(model: HierarchicalVAE, images: torch.Tensor, n_samples:
                         statistic: Callable[[StochasticLayer], torch.Tensor], **noise) -> list[torch.Tensor]:
     """statistic(layer) -> (B, d_i) for every layer of the traces of all images: one (N, d_i) per layer, on the CPU.
 
-    The traces come from `lvae.evaluate.per_image` (eval mode, no gradients, image
+    The traces come from `lvae.core.evaluate.per_image` (eval mode, no gradients, image
     chunks sized by the memory budget), with n_samples samples per image; `noise`: the
     images' `indices` in their set and the `seed` that choose their noise (see per_image).
     """
@@ -359,7 +359,7 @@ def plot_kl_per_layer_bars(kl_by_run: dict[str, tuple[list[float], list[float]]]
     ax = figure.subplots()
     for r, (name, (means, stderrs)) in enumerate(kl_by_run.items()):
         positions = [i + (r - (len(kl_by_run) - 1) / 2) * width for i in range(len(means))]
-        # A bottom-up VAE's upper-layer terms can be slightly negative (lvae.analysis.active_units): drawn at the floor.
+        # A bottom-up VAE's upper-layer terms can be slightly negative (lvae.core.analysis.active_units): drawn at the floor.
         heights = [max(mean, ACTIVITY_THRESHOLD) for mean in means]
         ax.bar(positions, heights, width, yerr=stderrs, capsize=3, color=f"C{r}", alpha=0.85, label=name)
     ax.set_yscale("log")

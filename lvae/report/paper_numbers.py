@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from ..config import PAPER_BUDGET
+from lvae.run.config import PAPER_BUDGET
 
 PAPER_ORDER = ("VAE", "VAE+BN", "VAE+BN+WU", "LVAE+BN+WU")  # Figure 3's variants, first in every table
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .checkpoint import load_checkpoint
-from .config import resolve_device, schema_defaults
-from .data import ImageData, load_dataset
-from .models import HierarchicalVAE, build_model, merge_separate_head_maps
-from .run_config import model_spec
-from .run_record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_config, read_record
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import resolve_device, schema_defaults
+from lvae.data import ImageData, load_dataset
+from lvae.core.models import HierarchicalVAE, build_model, merge_separate_head_maps
+from lvae.run.settings import model_spec
+from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_config, read_record
 
 # What reading a run back needs, each entry a file or files of which one is enough: the weights
 # come from the checkpoint when the folder holds one (a run's own folder), else from weights.pt.
@@ -37,7 +37,7 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir} is not a directory")
     missing = [" or ".join(names) for names in REQUIRED_FILES if not any((run_dir / n).is_file() for n in names)]
     if missing:
-        raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: neither a run directory of lvae.train "
+        raise RunDirError(f"{run_dir} has no {' and no '.join(missing)}: neither a run directory of lvae.run.train "
                           "nor a run published with its weights (python -m lvae.report ... --publish DIR --weights)")
 
 

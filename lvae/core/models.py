@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .distributions import (
+from lvae.core.distributions import (
     bernoulli_log_prob,
     gaussian_kl,
     gaussian_log_prob,
@@ -402,7 +402,7 @@ def glorot_init(model: nn.Module) -> None:
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is, besides the data's dimension: everything `build_model` needs. A run's config
-    says it (lvae.run_config.model_spec: model.*, layers, batch_norm, likelihood); its defaults live there."""
+    says it (lvae.run.settings.model_spec: model.*, layers, batch_norm, likelihood); its defaults live there."""
 
     name: str  # "vae" (BottomUpVAE) or "lvae" (LadderVAE): a key of MODELS
     latent_sizes: tuple[int, ...]  # z_1 (bottom) .. z_L: L stochastic layers

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .models import Trace
+from lvae.core.models import Trace
 
 
 def kl_warmup_weight(step: int, steps_per_epoch: int, warmup_epochs: int) -> float:

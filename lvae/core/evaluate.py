@@ -34,10 +34,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
-from .compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
-from .data import ImageData
-from .models import HierarchicalVAE, Trace
-from .objectives import elbo, kl_per_layer, log_importance_weights, training_bound
+from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
+from lvae.data import ImageData
+from lvae.core.models import HierarchicalVAE, Trace
+from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
 BYTES_PER_FLOAT = 4
 # Activations of one evaluation chunk, in MB, unless a caller says otherwise (the run config's default,
@@ -259,7 +259,7 @@ def mean_and_stderr(values: torch.Tensor) -> dict:
 @dataclass(frozen=True)
 class EvalSettings:
     """What `evaluate_model` measures and how: a run's eval.* and the training objective it reports
-    (lvae.run_config.eval_settings builds them from a run config)."""
+    (lvae.run.settings.eval_settings builds them from a run config)."""
 
     iw_samples: int = 5000  # K of the test log-likelihood
     test_subset: Optional[int] = None  # the first N of the test set's fixed random order (None: all)

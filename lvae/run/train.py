@@ -6,7 +6,7 @@ Run directory (Hydra's output dir, or any folder given to `run`):
     metrics.json     status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     the test log-likelihood and test ELBO of every test image (float64 tensors)
     tensorboard/     scalars per epoch
-    .lock            held by the one process that works on the run (see lvae.checkpoint.hold_run_dir)
+    .lock            held by the one process that works on the run (see lvae.run.checkpoint.hold_run_dir)
 
 A run holds its directory from start to end; a second process there stops with a
 message (RunDirBusy). Nothing in the directory changes until the run is accepted
@@ -41,8 +41,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .analysis import ACTIVITY_THRESHOLD, ActiveUnits, active_units, log_to_tensorboard, seeded_rng
-from .checkpoint import (
+from lvae.core.analysis import ACTIVITY_THRESHOLD, ActiveUnits, active_units, log_to_tensorboard, seeded_rng
+from lvae.run.checkpoint import (
     CheckpointError,
     RunDirHold,
     capture_rng_state,
@@ -55,20 +55,20 @@ from .checkpoint import (
     state_dict_mismatch,
     write_text,
 )
-from .compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from .config import ConfigError, config_to_dict, resolve_device, run_differences, validate
-from .data import ImageData, load_dataset
-from .evaluate import curve_interval, curve_point, evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
-from .finetune import load_initial_weights, set_learning_rate
-from .models import HierarchicalVAE, build_model, has_separate_head_maps
-from .objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
-from .provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
-from .run_analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
-from .run_config import curve_settings, eval_settings, model_spec
-from .run_record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
+from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
+from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from lvae.data import ImageData, load_dataset
+from lvae.core.evaluate import curve_interval, curve_point, evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
+from lvae.run.finetune import load_initial_weights, set_learning_rate
+from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps
+from lvae.core.objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
+from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
+from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
+from lvae.run.settings import curve_settings, eval_settings, model_spec
+from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
                          differences_from_stored, read_config, read_record, run_identity, write_per_image,
                          write_record)
-from .summary import format_run
+from lvae.run.summary import format_run
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, failed_epoch=error.epoch,
                                         failed_step=error.step, **session.position())
             raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
-        except OSError as error:  # a full disk: every write names its file (lvae.checkpoint.atomic_write)
+        except OSError as error:  # a full disk: every write names its file (lvae.run.checkpoint.atomic_write)
             reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
             raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
@@ -525,7 +525,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
 
 def _accept(session: _Session, hold: RunDirHold, record_files: dict[str, str]) -> None:
     """The run is accepted: from here on it writes its directory, first its config and how it was
-    launched, and its log file (lvae.checkpoint.RunLogFile) receives what was held."""
+    launched, and its log file (lvae.run.checkpoint.RunLogFile) receives what was held."""
     hold.accepted = True
     open_run_logs()
     remove_stale_temporaries(session.run_dir)  # the lock is ours: no other write is in progress

@@ -1,6 +1,6 @@
 """A finished run in a few words: its variant's label and the summary a run logs at its end.
 
-Used by the run itself (lvae.train) and by the commands that list runs (lvae.report, lvae.analyze).
+Used by the run itself (lvae.run.train) and by the commands that list runs (lvae.report, lvae.cli.analyze).
 """
 
 from __future__ import annotations

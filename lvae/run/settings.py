@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .evaluate import CurveSettings, EvalSettings
-from .models import ModelSpec
+from lvae.core.evaluate import CurveSettings, EvalSettings
+from lvae.core.models import ModelSpec
 
 
 def model_spec(cfg: DictConfig) -> ModelSpec:

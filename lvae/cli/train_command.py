@@ -18,9 +18,9 @@ written or any job starts.
 
 A launch that is refused after that (another process holds the run, the config does not fit the
 record there, no data) writes nothing into the run folder and leaves no new folder: the run's
-log (train.log) is written only once the run is accepted (lvae.checkpoint.RunLogFile), and
+log (train.log) is written only once the run is accepted (lvae.run.checkpoint.RunLogFile), and
 the record of its launch (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) is written by
-`lvae.train.run` then too, not by Hydra before the task starts (configs/config.yaml sets
+`lvae.run.train.run` then too, not by Hydra before the task starts (configs/config.yaml sets
 `hydra.output_subdir: null`).
 """
 
@@ -42,14 +42,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoint import CheckpointError, RunDirBusy, folders_to_create, remove_empty_folders
+from lvae.run.checkpoint import CheckpointError, RunDirBusy, folders_to_create, remove_empty_folders
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
-from .config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
-from .data import DatasetError
-from .run_record import CHECKPOINT_FILE
-from .sweep import sweep_jobs
-from .train import RunFailed, RunInterrupted, run
+from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
+from lvae.data import DatasetError
+from lvae.run.record import CHECKPOINT_FILE
+from lvae.run.sweep import sweep_jobs
+from lvae.run.train import RunFailed, RunInterrupted, run
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def check_command_line(args: Sequence[str]) -> None:
 
     Checked: each override names a setting or config group of lvae (`lyers=5` ->
     "lyers is not a setting of lvae (did you mean layers?)"), Hydra composes each job (types,
-    choices, the override syntax), `lvae.config.validate` accepts it, and the device exists;
+    choices, the override syntax), `lvae.run.config.validate` accepts it, and the device exists;
     a preset that is a sweep (`experiment=fig3`) needs -m. A command line with Hydra flags
     other than -m is left to Hydra as it is.
     """
@@ -216,5 +216,5 @@ class OutputDirCheck(Callback):
             sys.exit(EXIT_BAD_INPUT)
 
 
-if __name__ == "__main__":  # python -m lvae.cli: what lvae.reproduce runs
+if __name__ == "__main__":  # python -m lvae.cli: what lvae.cli.reproduce runs
     train()

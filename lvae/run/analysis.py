@@ -7,7 +7,7 @@ see there for the files it writes). Several runs share the figures.
 
 It leaves the caller's random state as it was: its own draws (prior samples,
 reconstructions) come from a forked generator seeded with the run's seed, and the
-posterior samples of the statistics from per-image noise (lvae.evaluate.per_image).
+posterior samples of the statistics from per-image noise (lvae.core.evaluate.per_image).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .analysis import (
+from lvae.core.analysis import (
     ActiveUnits,
     active_units,
     image_grid,
@@ -31,14 +31,14 @@ from .analysis import (
     reconstruction_rows,
     seeded_rng,
 )
-from .checkpoint import write_json
-from .config import resolve_device
-from .data import ImageData, load_dataset
-from .evaluate import DEFAULT_MEMORY_BUDGET_MB
-from .models import HierarchicalVAE
-from .run_record import ANALYSIS_FILE, is_complete, read_record
-from .stored_run import check_run_dir, stored_config, stored_weights, trained_model
-from .summary import variant_name
+from lvae.run.checkpoint import write_json
+from lvae.run.config import resolve_device
+from lvae.data import ImageData, load_dataset
+from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB
+from lvae.core.models import HierarchicalVAE
+from lvae.run.record import ANALYSIS_FILE, is_complete, read_record
+from lvae.run.stored import check_run_dir, stored_config, stored_weights, trained_model
+from lvae.run.summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
 IMAGES_PER_ROW = 10
@@ -47,7 +47,7 @@ IMAGES_PER_ROW = 10
 @dataclass
 class AnalysisSettings:
     test_subset: int | None = None  # the first N of the fixed random order of the test set (None: all)
-    posterior_samples: int = 1  # per image, for the active-unit statistics (see lvae.analysis.active_units)
+    posterior_samples: int = 1  # per image, for the active-unit statistics (see lvae.core.analysis.active_units)
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
 
 

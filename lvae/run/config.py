@@ -18,14 +18,14 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .data import BINARY, GREY_LEVELS, INTENSITY_SCALES
-from .data import DATASETS as DATASET_REGISTRY
+from lvae.data import BINARY, GREY_LEVELS, INTENSITY_SCALES
+from lvae.data import DATASETS as DATASET_REGISTRY
 
 
 def _config_dir() -> Path:
     """The copy of configs/ inside the installed package (a wheel ships it as lvae/configs, see
     pyproject.toml), else configs/ at the top of this checkout (an editable install, or no install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # lvae/
     shipped = package / "configs"
     return shipped if shipped.is_dir() else package.parent / "configs"
 

@@ -51,7 +51,7 @@ class RunDirBusy(RuntimeError):
 
 
 class RunDirHold:
-    """A held run directory. `accepted` is set once the run may write there (lvae.train): a run
+    """A held run directory. `accepted` is set once the run may write there (lvae.run.train): a run
     released before that was refused, and leaves no lock file or folder that it created."""
 
     def __init__(self) -> None:

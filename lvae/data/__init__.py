@@ -222,7 +222,7 @@ def _image_data(cfg: DictConfig, device: torch.device, train: torch.Tensor, trai
     Keeps the first data.train_subset training images, scales the pixels (pixel / data.intensity_scale,
     pixel / 256 when dequantized, intensities and 0/1 as stored) and draws the test set
     once with data.binarization_seed, on the CPU so that it is the same on every device.
-    Which settings fit which pixels is checked by lvae.config.validate.
+    Which settings fit which pixels is checked by lvae.run.config.validate.
     """
     if cfg.train_subset is not None:
         train, train_labels = train[: cfg.train_subset], train_labels[: cfg.train_subset]
@@ -725,7 +725,7 @@ def load_norb(cfg: DictConfig, device: torch.device) -> ImageData:
 @dataclass(frozen=True)
 class Dataset:
     """A choice of data=<name>: its loader, and how it stores pixels (GREY_LEVELS, BINARY or INTENSITIES),
-    which decides what data.binarize and data.dequantize can do (lvae.config.validate checks it)."""
+    which decides what data.binarize and data.dequantize can do (lvae.run.config.validate checks it)."""
 
     load: Callable[[DictConfig, torch.device], ImageData]
     pixels: str

@@ -1,0 +1,5 @@
+"""`python -m lvae.cli ...`: the same as `python train.py ...`."""
+
+from lvae.cli.train_command import train
+
+train()

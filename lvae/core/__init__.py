@@ -1,0 +1,1 @@
+"""The equations: distributions -> models -> objectives -> evaluation, and the analysis statistics."""
