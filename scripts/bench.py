@@ -70,7 +70,7 @@ from lvae.core.objectives import log_importance_weights  # noqa: E402
 from lvae.run.provenance import describe_device  # noqa: E402
 from lvae.cli.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES  # noqa: E402
 from lvae.run.settings import model_spec  # noqa: E402
-from lvae.run.train import new_optimizer, train_model  # noqa: E402
+from lvae.run.loop import new_optimizer, train_model  # noqa: E402
 
 BATCH = 256
 PAPER_EPOCHS = 2000
@@ -166,7 +166,7 @@ def no_recompilation(compiled: bool):
 
 
 def training_setup(name: str, device: torch.device, steps: int, compiled: bool, size: Size = PAPER):
-    """(model, run(n_steps)) for the real training loop, lvae.run.train.train_model, at batch 256."""
+    """(model, run(n_steps)) for the real training loop, lvae.run.loop.train_model, at batch 256."""
     torch.manual_seed(0)
     model = paper_model(name, size.layers, device, size)
     cfg = compose_config(f"model={name}", f"layers={size.layers}", "train.epochs=1", "train.progress=false",

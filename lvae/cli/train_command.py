@@ -18,7 +18,7 @@ written or any job starts.
 
 A launch that is refused after that (another process holds the run, the config does not fit the
 record there, no data) writes nothing into the run folder and leaves no new folder: the run's
-log (train.log) is written only once the run is accepted (lvae.run.checkpoint.RunLogFile), and
+log (train.log) is written only once the run is accepted (lvae.run.logs.RunLogFile), and
 the record of its launch (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) is written by
 `lvae.run.train.run` then too, not by Hydra before the task starts (configs/config.yaml sets
 `hydra.output_subdir: null`).
@@ -42,14 +42,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from lvae.run.checkpoint import CheckpointError, RunDirBusy, folders_to_create, remove_empty_folders
+from lvae.run.checkpoint import CheckpointError
+from lvae.run.folder import RunDirBusy, folders_to_create, remove_empty_folders
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
 from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
 from lvae.data import DatasetError
 from lvae.run.record import CHECKPOINT_FILE
 from lvae.run.sweep import sweep_jobs
-from lvae.run.train import RunFailed, RunInterrupted, run
+from lvae.run.outcomes import RunFailed, RunInterrupted
+from lvae.run.train import run
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from lvae.core.analysis import (
     reconstruction_rows,
     seeded_rng,
 )
-from lvae.run.checkpoint import write_json
+from lvae.run.folder import write_json
 from lvae.run.config import resolve_device
 from lvae.data import ImageData, load_dataset
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB

@@ -8,7 +8,7 @@ A run folder (Hydra's output dir, or any folder given to `lvae.run.train.run`) h
     per_image.pt     every evaluated test image's estimates and its index in the test set
     tensorboard/     scalars per epoch
     weights.pt       (a published run, instead of checkpoint.pt) the model alone: `write_weights`
-    .lock            held by the one process that works on the run (lvae.run.checkpoint.hold_run_dir)
+    .lock            held by the one process that works on the run (lvae.run.folder.hold_run_dir)
 
 The record's `status` is a `Status`; "complete" means one thing everywhere (`is_complete`,
 and `is_complete_for` a config), and the keys that say what a run is come from `run_identity`.
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lvae.run.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from lvae.run.checkpoint import load_checkpoint, save_checkpoint
+from lvae.run.folder import atomic_write, write_json
 from lvae.run.config import config_to_dict, evaluation_settings, run_differences
 from lvae.run.provenance import numerics_version_of
 

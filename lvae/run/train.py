@@ -6,7 +6,7 @@ Run directory (Hydra's output dir, or any folder given to `run`):
     metrics.json     status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     the test log-likelihood and test ELBO of every test image (float64 tensors)
     tensorboard/     scalars per epoch
-    .lock            held by the one process that works on the run (see lvae.run.checkpoint.hold_run_dir)
+    .lock            held by the one process that works on the run (see lvae.run.folder.hold_run_dir)
 
 A run holds its directory from start to end; a second process there stops with a
 message (RunDirBusy). Nothing in the directory changes until the run is accepted
@@ -24,316 +24,40 @@ the last good checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
-from lvae.core.analysis import ACTIVITY_THRESHOLD, ActiveUnits, active_units, log_to_tensorboard, seeded_rng
-from lvae.run.checkpoint import (
-    CheckpointError,
-    RunDirHold,
-    capture_rng_state,
-    hold_run_dir,
-    load_checkpoint,
-    open_run_logs,
-    remove_stale_temporaries,
-    restore_rng_state,
-    save_checkpoint,
-    state_dict_mismatch,
-    write_text,
-)
-from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
+from lvae.core.analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
+from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, state_dict_mismatch)
+from lvae.run.folder import RunDirHold, hold_run_dir, remove_stale_temporaries, write_text
+from lvae.run.logs import open_run_logs
 from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
 from lvae.data import ImageData, load_dataset
-from lvae.core.evaluate import curve_interval, curve_point, evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
-from lvae.run.finetune import load_initial_weights, set_learning_rate
+from lvae.core.evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
+from lvae.run.finetune import load_initial_weights
 from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps
-from lvae.core.objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
-from lvae.run.settings import curve_settings, eval_settings, model_spec
+from lvae.run.settings import eval_settings, model_spec
 from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
                          differences_from_stored, read_config, read_record, run_identity, write_per_image,
                          write_record)
 from lvae.run.summary import format_run
 
+
+from lvae.run.loop import TrainingState, new_optimizer, seed_everything, train_model
+from lvae.run.outcomes import RunFailed, RunInterrupted, RunWriteFailed, StopRequest, describe_position, signal_name
+
 log = logging.getLogger(__name__)
-
-
-class RunFailed(RuntimeError):
-    """Training produced a non-finite loss or gradient, or diverged (see DIVERGED_NATS_PER_PIXEL), in
-    epoch `epoch` (counted from 1) at step `step` (counted from 1, from the start of training)."""
-
-    def __init__(self, message: str, epoch: int, step: int):
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
-
-class RunWriteFailed(OSError):
-    """A write into the run directory failed (a full disk); the message names the file."""
-
-
-class RunInterrupted(RuntimeError):
-    """A signal stopped the run (during training: after a checkpoint was written)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-@dataclass
-class TrainingState:
-    """Where training stands: everything besides model and optimiser that the rest depends on."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps taken; drives the warm-up weight
-    train_seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
-    # Inside an epoch that a signal interrupted: its batch order and how far it got.
-    order: Optional[torch.Tensor] = None
-    next_batch: int = 0
-    sums: Optional[torch.Tensor] = None  # running bound, ELBO, KL per layer (summed over images)
-    seen: int = 0
-
-    def to_checkpoint(self) -> dict:
-        return asdict(self)
-
-
-def _signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def describe_position(epochs: int, steps: int) -> str:
-    """Where training stands, as every message and metrics.json's `epoch` and `step` count it:
-    optimiser steps taken and epochs complete."""
-    return f"step {steps}, {epochs} complete epoch{'s' * (epochs != 1)}"
-
-
-# A run has diverged when an epoch's mean training bound is this many nats per pixel below that of the
-# model that learned nothing (see divergence_floor). Why 10: an untrained network starts within about
-# 1 nat per pixel of that model and training only improves on it (MNIST: that model scores -543 nats, an
-# untrained LVAE about -550, one epoch -130 to -200), while a run that diverged scores orders of
-# magnitude lower (lr=1e4: about -1e17). No healthy run comes within a factor of ten of the floor.
-DIVERGED_NATS_PER_PIXEL = 10.0
-
-
-def divergence_floor(likelihood: str, pixels: int) -> float:
-    """The mean training bound per image (nats) below which a run has diverged.
-
-    The reference is the model that learned nothing, whose bound is exact (no latent variable, no KL
-    term): every pixel 1/2 for Bernoulli output (-log 2 per pixel), the uniform density on [0, 1]
-    for Gaussian output (pixels are scaled to [0, 1]: 0 per pixel). The floor lies
-    DIVERGED_NATS_PER_PIXEL nats per pixel below it. The training bound (with the warm-up's KL weight
-    below 1, or K importance samples) is never below the ELBO, so the floor holds for it too.
-    """
-    reference = -math.log(2.0) if likelihood == "bernoulli" else 0.0
-    return (reference - DIVERGED_NATS_PER_PIXEL) * pixels
-
-
-class StopRequest:
-    """SIGTERM/SIGINT during a run.
-
-    While `deferred` (training), a signal only sets `signum`: the loop checks it after
-    every step and writes a checkpoint before it stops, without a host sync. At any
-    other time (loading, evaluation) it raises RunInterrupted at once, naming `stage`:
-    nothing half-done there is worth saving, and a rerun starts that stage again.
-    """
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.deferred = False
-        self.stage = "start-up"
-
-    @contextlib.contextmanager
-    def catching_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signal handlers can only be set from the main thread
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    @contextlib.contextmanager
-    def deferring(self):
-        self.deferred = True
-        try:
-            yield self
-        finally:
-            self.deferred = False
-
-    def _handle(self, signum, frame) -> None:
-        first, self.signum = self.signum is None, signum
-        if not self.deferred:
-            self.deferred = True  # a second signal must not cut short the clean-up of the first
-            raise RunInterrupted(signum, f"stopped by {_signal_name(signum)} during {self.stage}")
-        if first:  # said at once: the step may take long (the first one compiles when torch.compile is on)
-            log.warning("%s received: stopping after the current training step, with a checkpoint (a step "
-                        "that torch.compile is compiling finishes compiling first, which can take a minute)",
-                        _signal_name(signum))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def new_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Adam:
-    """Adam as train.* sets it, its update one fused kernel per step on CPU and CUDA rather than
-    a loop over the parameter tensors. (A checkpoint restores the implementation it was written
-    with, so a run started with the per-tensor loop resumes bitwise.)"""
-    device = next(model.parameters()).device
-    return torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                            fused=device.type in ("cpu", "cuda"))
-
-
-def training_forward(model: HierarchicalVAE, iw_samples: int, mc_samples: int) -> Callable:
-    """forward(x, kl_weight) -> (loss, batch sums): the forward half of a training step.
-
-    loss: minus the training bound (docs/method.md, eq. 10), averaged over the batch; batch
-    sums: the bound, the ELBO and each layer's KL term summed over the batch, (2 + L,),
-    detached, for the epoch's averages. One function, so that a compiled step fuses it all.
-    """
-    def forward(x: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        trace = model(x, mc_samples * iw_samples)
-        kl = kl_per_layer(trace)  # once, for the bound, the ELBO and the report (eager mode has no CSE)
-        bound = training_bound(trace, iw_samples, kl_weight, kl)
-        sums = torch.cat([bound.sum().view(1), elbo(trace, kl=kl).mean(0).sum().view(1), kl.mean(1).sum(-1)])
-        return -bound.mean(), sums.detach()
-
-    return forward
-
-
-def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: ImageData, cfg: DictConfig,
-                writer: SummaryWriter, state: Optional[TrainingState] = None,
-                save: Callable[[TrainingState], None] = lambda state: None,
-                stop: Optional[StopRequest] = None) -> TrainingState:
-    """Train from `state` (default: the start) to cfg.train.epochs, calling save(state) every
-    checkpoint_every epochs and before stopping on `stop`. `state` is updated in place.
-
-    Running sums and the non-finite check stay on the device and are read once
-    per epoch, so no step waits for the host. The forward half of each step is compiled
-    when train.compile says so (lvae/compiling.py); each epoch's record says whether it was.
-    """
-    state = state or TrainingState()
-    stop = stop or StopRequest()
-    tc = cfg.train
-    n_batches = data.batches_per_epoch(tc.batch_size)
-    device = data.train.device
-    compile_step = use_compile(tc.compile, device, (tc.epochs - state.epoch) * n_batches, CPU_MIN_TRAIN_STEPS)
-    floor = divergence_floor(cfg.likelihood, data.dim)
-    forward = training_forward(model, tc.iw_samples, tc.mc_samples)
-    if compile_step:  # the gradient clipping stays eager: compiled, clip_grad_norm_ breaks the graph (no gain)
-        forward = compiled(forward, device)
-    # CUDA graphs (compiled on CUDA) reuse their output memory: each step tells them where it begins.
-    graph_steps = compile_step and device.type == "cuda"
-    curve_every = curve_interval(cfg.eval.curve_every, tc.epochs)
-    epochs = tqdm(range(state.epoch, tc.epochs), desc=f"train {cfg.model.name} L={cfg.layers}", unit="epoch",
-                  initial=state.epoch, total=tc.epochs, disable=not tc.progress)
-    for epoch in epochs:
-        model.train()
-        set_learning_rate(optimizer, tc, epoch)
-        if state.order is None:  # a fresh epoch, not one resumed in its middle
-            state.order, state.next_batch, state.seen = data.epoch_order(), 0, 0
-            state.sums = torch.zeros(2 + model.num_layers, device=data.train.device)
-        started = time.perf_counter()
-        first_bad_step = torch.full((), -1, device=data.train.device)
-        # A checkpoint taken after the epoch's last step resumes here with no batch left to run.
-        while state.next_batch < n_batches:
-            x = data.train_batch(state.order, state.next_batch, tc.batch_size)
-            # A tensor filled on the device: neither a copy from the host nor a recompilation per value.
-            kl_weight = torch.full((), kl_warmup_weight(state.step, n_batches, cfg.warmup_epochs), device=device)
-            if graph_steps:
-                torch.compiler.cudagraph_mark_step_begin()
-            loss, batch_sums = forward(x, kl_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # One fused (foreach) norm over all gradients. On the CPU, reading it waits for nothing, so the
-            # scaling pass is skipped when it would scale by 1; elsewhere it stays, so no step waits for the device.
-            grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None],
-                                                foreach=True)
-            if device.type != "cpu" or grad_norm > tc.grad_clip_norm:
-                nn.utils.clip_grads_with_norm_(model.parameters(), tc.grad_clip_norm, grad_norm, foreach=True)
-            if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
-                nn.utils.clip_grad_value_(model.parameters(), tc.grad_clip_value)
-            optimizer.step()
-            with torch.no_grad():
-                finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-                first_bad_step = torch.where(finite | (first_bad_step >= 0), first_bad_step, state.step)
-                state.sums += batch_sums
-            state.seen += len(x)
-            state.step += 1
-            state.next_batch += 1
-            if stop.signum is not None:
-                _raise_if_diverged(first_bad_step, epoch)
-                _raise_if_below(float(state.sums[0]) / state.seen, floor, cfg, epoch, state.step)
-                state.train_seconds += time.perf_counter() - started
-                save(state)
-                raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at "
-                                     f"{describe_position(state.epoch, state.step)}; checkpoint written")
-        _raise_if_diverged(first_bad_step, epoch)
-        bound_mean, elbo_mean, *kl = (state.sums / state.seen).tolist()  # the one host sync of the epoch
-        _raise_if_below(bound_mean, floor, cfg, epoch, state.step)
-        kl_weight = kl_warmup_weight(state.step - 1, n_batches, cfg.warmup_epochs)  # that of the epoch's last step
-        state.train_seconds += time.perf_counter() - started
-        state.history.append({"epoch": epoch + 1, "train_objective": bound_mean, "train_elbo": elbo_mean,
-                              "kl_weight": kl_weight, "kl_per_layer": kl, "seconds": time.perf_counter() - started,
-                              "compiled": compile_step})
-        state.epoch, state.order, state.sums = epoch + 1, None, None
-        if curve_every and (state.epoch % curve_every == 0 or state.epoch == tc.epochs):
-            state.history[-1]["curve"] = curve_point(model, data, curve_settings(cfg))
-        _log_epoch(writer, state.history[-1])
-        epochs.set_postfix(bound=f"{bound_mean:.2f}", kl_weight=f"{kl_weight:.2f}")
-        if state.epoch % tc.checkpoint_every == 0 and state.epoch < tc.epochs:
-            save(state)
-    return state
-
-
-def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad_step)
-    if step >= 0:
-        raise RunFailed(f"non-finite loss or gradient at step {step + 1}, in epoch {epoch + 1} (steps counted "
-                        "from the start of training, epochs from 1)", epoch + 1, step + 1)
-
-
-def _raise_if_below(bound_mean: float, floor: float, cfg: DictConfig, epoch: int, step: int) -> None:
-    if bound_mean < floor:
-        raise RunFailed(f"the run diverged in epoch {epoch + 1} (by step {step}): its mean training bound, "
-                        f"{bound_mean:.4g} nats per image, is below {floor:.0f}, {DIVERGED_NATS_PER_PIXEL:g} nats "
-                        "per pixel worse than a model that learned nothing (lvae/train.py, divergence_floor); "
-                        f"try a lower train.lr (now {cfg.train.lr:g})", epoch + 1, step)
-
-
-def _log_epoch(writer: SummaryWriter, record: dict) -> None:
-    epoch = record["epoch"]
-    writer.add_scalar("train/loss", -record["train_objective"], epoch)
-    writer.add_scalar("train/objective", record["train_objective"], epoch)
-    writer.add_scalar("train/elbo", record["train_elbo"], epoch)
-    writer.add_scalar("train/kl_weight", record["kl_weight"], epoch)
-    for i, value in enumerate(record["kl_per_layer"], start=1):
-        writer.add_scalar(f"kl_per_layer/z{i}", value, epoch)
-    curve = record.get("curve")
-    if curve:
-        for key in ("test_bound", "test_elbo", "train_elbo"):
-            writer.add_scalar(f"curve/{key}", curve[key], epoch)
-        for i, kl in enumerate(curve["kl_per_unit"], start=1):
-            writer.add_histogram(f"curve/kl_per_unit/z{i}", torch.tensor(kl), epoch)
-            writer.add_scalar(f"curve/active_units_kl/z{i}", sum(value > ACTIVITY_THRESHOLD for value in kl), epoch)
 
 
 def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
@@ -446,7 +170,7 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, failed_epoch=error.epoch,
                                         failed_step=error.step, **session.position())
             raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
-        except OSError as error:  # a full disk: every write names its file (lvae.run.checkpoint.atomic_write)
+        except OSError as error:  # a full disk: every write names its file (lvae.run.folder.atomic_write)
             reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
             raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
@@ -525,7 +249,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Sess
 
 def _accept(session: _Session, hold: RunDirHold, record_files: dict[str, str]) -> None:
     """The run is accepted: from here on it writes its directory, first its config and how it was
-    launched, and its log file (lvae.run.checkpoint.RunLogFile) receives what was held."""
+    launched, and its log file (lvae.run.logs.RunLogFile) receives what was held."""
     hold.accepted = True
     open_run_logs()
     remove_stale_temporaries(session.run_dir)  # the lock is ours: no other write is in progress
@@ -551,7 +275,7 @@ def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
         session.save(session.state, rng_after_training)
         stop.stage = "evaluation (training is complete and checkpointed; a rerun only evaluates)"
     if stop.signum is not None:  # came after the last step's check
-        raise RunInterrupted(stop.signum, f"stopped by {_signal_name(stop.signum)} at the end of training; "
+        raise RunInterrupted(stop.signum, f"stopped by {signal_name(stop.signum)} at the end of training; "
                              "the final checkpoint is written")
 
 

@@ -18,11 +18,15 @@ import torch
 from omegaconf import OmegaConf
 
 import lvae.run.checkpoint
+import lvae.run.folder
+import lvae.run.loop
 import lvae.run.train
-from lvae.run.checkpoint import CheckpointError, RunDirBusy, atomic_write, hold_run_dir, load_checkpoint
+from lvae.run.checkpoint import CheckpointError, load_checkpoint
+from lvae.run.folder import RunDirBusy, atomic_write, hold_run_dir
 from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import DatasetInvalidError, load_mnist
-from lvae.run.train import RunFailed, RunInterrupted, run
+from lvae.run.outcomes import RunFailed, RunInterrupted
+from lvae.run.train import run
 
 from ..helpers.datasets import write_synthetic_mnist
 from ..helpers.reproducibility import differences_between_runs
@@ -56,7 +60,7 @@ def two_epochs(tmp_path_factory):
 
 @pytest.fixture
 def signal_at(monkeypatch):
-    """signal_at(signum, where, call): `where` (a function of lvae.run.train) sends signum to this
+    """signal_at(signum, where, call): `where` (a function that lvae.run.train or lvae.run.loop calls) sends signum to this
     process on its call-th call, as SLURM or Ctrl-C would. The default actions (exit, or
     KeyboardInterrupt) are replaced meanwhile, so that a run that fails to handle a signal
     fails its test instead of ending pytest."""
@@ -69,7 +73,8 @@ def signal_at(monkeypatch):
     previous = {signum: signal.signal(signum, unhandled) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def arm(signum: int, where: str, call: int) -> None:
-        real, calls = getattr(lvae.run.train, where), {"n": 0}
+        module = lvae.run.loop if hasattr(lvae.run.loop, where) else lvae.run.train
+        real, calls = getattr(module, where), {"n": 0}
 
         def sending(*args, **kwargs):
             calls["n"] += 1
@@ -77,7 +82,7 @@ def signal_at(monkeypatch):
                 os.kill(os.getpid(), signum)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(lvae.run.train, where, sending)
+        monkeypatch.setattr(module, where, sending)
 
     yield arm
     for signum, handler in previous.items():
@@ -157,7 +162,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     def no_locks(fd, operation):
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(lvae.run.checkpoint.fcntl, "flock", no_locks)
+    monkeypatch.setattr(lvae.run.folder.fcntl, "flock", no_locks)
     with hold_run_dir(tmp_path):
         assert "make sure that no other process works on this run directory" in caplog.text
 
@@ -199,14 +204,14 @@ def test_resuming_with_a_changed_config_names_the_differing_keys(synthetic_mnist
 
 def _poison_step(monkeypatch, step: int) -> None:
     calls = {"n": 0}
-    real_bound = lvae.run.train.training_bound
+    real_bound = lvae.run.loop.training_bound
 
     def poisoned_bound(*args, **kwargs):
         calls["n"] += 1
         bound = real_bound(*args, **kwargs)
         return bound * float("nan") if calls["n"] == step else bound
 
-    monkeypatch.setattr(lvae.run.train, "training_bound", poisoned_bound)
+    monkeypatch.setattr(lvae.run.loop, "training_bound", poisoned_bound)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_mnist, tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 # as on a real full disk.
 FULL_DISK = """
 import builtins, errno, sys
-import lvae.run.checkpoint
+import lvae.run.folder
 from lvae.cli.train_command import train
 
 real_open, checkpoint_writes = builtins.open, []
@@ -54,7 +54,7 @@ def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
             return FullDisk(file)
     return file
 
-lvae.run.checkpoint.open = open_on_a_filling_disk
+lvae.run.folder.open = open_on_a_filling_disk
 sys.argv[0] = "train.py"
 train()
 """

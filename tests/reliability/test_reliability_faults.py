@@ -25,13 +25,19 @@ import pytest
 import torch
 
 import lvae.run.checkpoint
+import lvae.run.folder
+import lvae.run.logs
+import lvae.run.loop
 import lvae.run.train
-from lvae.run.checkpoint import CheckpointError, RunLogFile, hold_run_dir, load_checkpoint
+from lvae.run.checkpoint import CheckpointError, load_checkpoint
+from lvae.run.folder import hold_run_dir
+from lvae.run.logs import RunLogFile
 from lvae.cli.train_command import EXIT_BAD_INPUT, check_command_line
 from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import DatasetNotFoundError
 from lvae.report.runs import find_runs
-from lvae.run.train import RunFailed, StopRequest, divergence_floor, run
+from lvae.run.outcomes import RunFailed, StopRequest, divergence_floor
+from lvae.run.train import run
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
@@ -87,14 +93,14 @@ def test_a_record_without_its_checkpoint_is_not_replaced_by_another_run(data_roo
 
 # 2. Divergence: a finite but absurd bound fails the run, which keeps its last good checkpoint.
 def test_a_diverging_run_fails_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
-    calls, real_bound = {"n": 0}, lvae.run.train.training_bound
+    calls, real_bound = {"n": 0}, lvae.run.loop.training_bound
 
     def exploding_bound(*args, **kwargs):  # from step 8 (epoch 2) on, a million times worse: finite
         calls["n"] += 1
         bound = real_bound(*args, **kwargs)
         return bound * 1e6 if calls["n"] >= 8 else bound
 
-    monkeypatch.setattr(lvae.run.train, "training_bound", exploding_bound)
+    monkeypatch.setattr(lvae.run.loop, "training_bound", exploding_bound)
     cfg = compose_config(*TINY, f"data.root={data_root}", "train.epochs=3", "train.checkpoint_every=1")
     with pytest.raises(RunFailed, match=r"diverged in epoch 2 .*nats per pixel worse than a model that learned "
                                         r"nothing.*the last good checkpoint \(step 6, 1 complete epoch\) was kept"):
@@ -131,7 +137,7 @@ def test_a_full_disk_after_the_final_checkpoint_names_the_file(data_root, tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(lvae.run.checkpoint, "open", filling_open, raising=False)
+    monkeypatch.setattr(lvae.run.folder, "open", filling_open, raising=False)
     with pytest.raises(OSError) as error:
         run(compose_config(*TINY, f"data.root={data_root}", *ONE_EPOCH), tmp_path)
     message = str(error.value)
@@ -148,7 +154,7 @@ def test_a_full_disk_at_the_start_names_the_file(data_root, tmp_path, monkeypatc
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lvae.run.checkpoint.os, "pwrite", full)
+    monkeypatch.setattr(lvae.run.folder.os, "pwrite", full)
     with pytest.raises(OSError, match=r"No space left on device") as error:
         run(compose_config(*TINY, f"data.root={data_root}", *ONE_EPOCH), tmp_path / "run")
     assert error.value.filename == str(tmp_path / "run" / ".lock")
@@ -160,7 +166,7 @@ def test_the_run_log_holds_its_lines_until_the_run_is_accepted(tmp_path):
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.emit(logging.LogRecord("lvae", logging.WARNING, __file__, 1, "before", None, None))
     assert not (tmp_path / "train.log").exists()
-    lvae.run.checkpoint.open_run_logs()  # not attached to the root logger: not this one's business
+    lvae.run.logs.open_run_logs()  # not attached to the root logger: not this one's business
     assert not (tmp_path / "train.log").exists()
     handler.open_for_the_run()
     handler.emit(logging.LogRecord("lvae", logging.INFO, __file__, 1, "after", None, None))

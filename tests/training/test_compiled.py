@@ -21,7 +21,7 @@ from lvae.core.evaluate import evaluate_model
 from lvae.core.models import build_model
 from lvae.run.settings import eval_settings
 from lvae.run.settings import model_spec
-from lvae.run.train import training_forward
+from lvae.run.loop import training_forward
 
 from ..helpers.elbo_cases import assert_unbiased, setup
 

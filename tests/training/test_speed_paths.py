@@ -17,7 +17,7 @@ from lvae.core.models import (BottomUpLayer, GaussianHead, StochasticLayer, buil
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.run.settings import model_spec
 from lvae.run.stored import trained_model
-from lvae.run.train import training_forward
+from lvae.run.loop import training_forward
 
 D, B, S = 20, 8, 3
 
@@ -208,7 +208,7 @@ def test_the_gradient_norm_is_clipped_to_the_threshold_and_left_below_it(synthet
     from torch.utils.tensorboard import SummaryWriter
 
     from lvae.data import load_dataset
-    from lvae.run.train import train_model
+    from lvae.run.loop import train_model
 
     cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", "model.hidden_sizes=[16,8]",
                          "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",

@@ -15,7 +15,8 @@ from lvae.core.evaluate import iw_log_likelihood
 from lvae.core.models import build_model
 from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
 from lvae.run.settings import model_spec
-from lvae.run.train import run, train_model
+from lvae.run.loop import train_model
+from lvae.run.train import run
 
 
 SMALL = ("model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]")
