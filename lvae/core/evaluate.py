@@ -35,7 +35,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.models import HierarchicalVAE, Trace
 from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 

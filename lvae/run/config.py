@@ -18,7 +18,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lvae.data import BINARY, GREY_LEVELS, INTENSITY_SCALES
+from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from lvae.data import DATASETS as DATASET_REGISTRY
 
 

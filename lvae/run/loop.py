@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from lvae.core.analysis import ACTIVITY_THRESHOLD
 from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.evaluate import curve_interval, curve_point
 from lvae.run.finetune import set_learning_rate
 from lvae.core.models import HierarchicalVAE

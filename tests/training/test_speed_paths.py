@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lvae.run.config import compose_config
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
                          merge_separate_head_maps)
 from lvae.run.provenance import NUMERICS_VERSION

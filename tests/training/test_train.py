@@ -10,7 +10,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
-from lvae.data import ImageData, load_mnist
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
 from lvae.core.evaluate import iw_log_likelihood
 from lvae.core.models import build_model
 from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
@@ -71,7 +72,7 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     model = build_model(model_spec(cfg), 784).to(device)
     model.load_state_dict(checkpoint["model"])
     # The checkpoint alone reproduces the estimate (batch-norm statistics included).
-    data = load_mnist(cfg.data, device)
+    data = load_dataset(cfg.data, device)
     reloaded = iw_log_likelihood(model, data.test, 64, memory_budget_mb=1).mean().item()
     assert abs(reloaded - ll["mean"]) < 3 * ll["stderr"]
 
@@ -115,7 +116,6 @@ def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, t
 
 def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, synthetic_mnist):
     """train.grad_clip_value (the authors' ±0.9) clips each entry after the total-norm clip; off by default."""
-    from lvae.data import load_dataset
 
     calls = []
     monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(value))
