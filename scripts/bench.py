@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
 from lvae.run.config import DEVICES, compose_config, resolve_device  # noqa: E402
-from lvae.data.images import ImageData
+from lvae.data.images import ImageData  # noqa: E402
 from lvae.core.evaluate import (DEFAULT_MEMORY_BUDGET_MB, chunk_layout, evaluation_copy, fold_batchnorm,  # noqa: E402
                            iw_log_likelihood)
 from lvae.core.models import HierarchicalVAE, build_model  # noqa: E402

@@ -8,7 +8,6 @@ express and names the key and the allowed values in its message.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from lvae.data import DATASETS as DATASET_REGISTRY
+from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
 
 
 def _config_dir() -> Path:
@@ -153,39 +153,6 @@ def schema_defaults() -> dict:
     """Every key of the schema with its default, as plain values ("???" where there is none): what a
     key that a stored config lacks (added to the schema later) had in that run."""
     return config_to_dict(OmegaConf.structured(Config))
-
-
-MAX_RUN_DIR_NAME = 200  # bytes; file systems allow 255 per name
-
-
-def run_dir_name(override_dirname: str) -> str:
-    """Run directories are named by their command-line overrides (`defaults` when none),
-    so that the same command finds the same directory again and resumes it. A name too long for
-    a file system is cut, with a hash of the whole name appended (the same overrides, the same name)."""
-    name = override_dirname or "defaults"
-    if len(name.encode()) <= MAX_RUN_DIR_NAME:
-        return name
-    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
-    return f"{name.encode()[:MAX_RUN_DIR_NAME - 18].decode(errors='ignore')}-{digest}"
-
-
-# A run's identity, written once. HOW_IT_RUNS: the keys that change how a run is run or where its data
-# lies, not what it computes. They never name a run folder (Hydra's override_dirname.exclude_keys, read
-# by configs/config.yaml and configs/layout/preset.yaml), a resumed run may change them, and they are
-# not a finished run's settings. A run may also continue with CONTINUABLE changed: more epochs (training
-# continues from the last checkpoint), another evaluation (redone), another budget name.
-HOW_IT_RUNS = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
-               "eval.compile", "data.root", "data.download")
-CONTINUABLE = ("train.epochs", "eval", "budget_name")
-# The eval.* keys of the curves measured during training: they change no end-of-run number (a finished run is
-# not evaluated again for them); a run continued with other values records its later points with them.
-CURVE_KEYS = ("eval.curve_every", "eval.curve_iw_samples", "eval.curve_images")
-RUN_FOLDER_IGNORES = HOW_IT_RUNS
-
-
-def run_folder_ignores(*extra: str) -> list[str]:
-    """RUN_FOLDER_IGNORES and `extra` (a preset adds the keys its sweep folder already names)."""
-    return [*RUN_FOLDER_IGNORES, *extra]
 
 
 def is_binary_data(name: str, binarize: bool) -> bool:
@@ -325,7 +292,7 @@ def not_a_setting(key: str, close: list[str]) -> str:
 def setting_names() -> list[str]:
     """Every key that a command-line override may name: the schema's keys at every level
     (`train`, `train.lr`) and the config groups of configs/ (`experiment`, `budget`, ...)."""
-    names = set(_flatten(schema_defaults()))
+    names = set(flatten(schema_defaults()))
     names |= {".".join(name.split(".")[:depth]) for name in list(names) for depth in range(1, name.count(".") + 1)}
     groups = Path(CONFIG_DIR)
     names |= {str(folder.relative_to(groups)) for folder in groups.rglob("*") if folder.is_dir()}
@@ -349,33 +316,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Everything else defines the run: a checkpoint resumes only with the same values.
-NOT_RUN_DEFINING = (*HOW_IT_RUNS, *CONTINUABLE)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
-
-
-def run_defining_values(cfg: DictConfig | dict) -> dict[str, Any]:
-    """key -> value of every key that defines what a run computes."""
-    tree = config_to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
-    return {key: value for key, value in _flatten(tree).items()
-            if not any(key == k or key.startswith(k + ".") for k in NOT_RUN_DEFINING)}
-
-
 def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     """'key: stored -> now' for every run-defining key whose value differs.
 
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    old, new = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}, run_defining_values(cfg)
+    old = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}
+    new = run_defining_values(config_to_dict(cfg))
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
