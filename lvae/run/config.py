@@ -166,10 +166,26 @@ def likelihood_for_data(name: str, binarize: bool) -> str:
     return "bernoulli" if is_binary_data(name, binarize) else "gaussian"
 
 
+def finetune_schedule(budget_name: Optional[str], key: str) -> Any:
+    """`key` of the fine-tuning schedule that goes with a budget, configs/finetune_schedule/<budget>.yaml (the
+    paper's without a budget): experiment=table1 reads its length and learning rate with it."""
+    return OmegaConf.select(_schedule_file(budget_name or "paper"), key)
+
+
+def _schedule_file(name: str) -> DictConfig:
+    """A schedule file with the files its defaults list names merged under it (quick_full_test uses quick's)."""
+    path = Path(CONFIG_DIR) / "finetune_schedule" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no fine-tuning schedule for budget={name}: {path} does not exist")
+    node = OmegaConf.load(path)
+    included = [_schedule_file(entry) for entry in node.pop("defaults", []) if entry != "_self_"]
+    return OmegaConf.merge(*included, node)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
     for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data),
-                           ("run_folder_ignores", run_folder_ignores)):
+                           ("run_folder_ignores", run_folder_ignores), ("finetune_schedule", finetune_schedule)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
