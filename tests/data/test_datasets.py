@@ -19,6 +19,7 @@ from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
 from lvae.data.images import ImageData, bits_per_dim
 from lvae.run.train import run
+from tests.helpers.tiny_run import tiny_run
 
 from ..helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
 
@@ -287,9 +288,7 @@ def test_image_data_knows_its_scale():
 # ---------------------------------------------------------------- one tiny run per dataset
 
 
-TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[16,8]", "model.latent_sizes=[4,2]", "train.batch_size=8",
-        "train.epochs=1", "warmup_epochs=0", "eval.iw_samples=4", "eval.train_subset=8", "eval.analyze=false",
-        "device=cpu", "train.progress=false")
+TINY = tiny_run("train.batch_size=8", "warmup_epochs=0", "eval.iw_samples=4", "eval.train_subset=8")  # tiny files
 
 
 @pytest.mark.parametrize("name, extra", [
