@@ -88,6 +88,7 @@ def test_wrong_types_and_unknown_keys_are_refused_by_the_schema():
         compose_config("train.learning_rate=0.1")
 
 
+@pytest.mark.slow  # starts a process
 def test_command_line_exits_with_the_message():
     env = {**os.environ, "LVAE_DATA_ROOT": "/nonexistent"}
     result = subprocess.run([sys.executable, "train.py", "layers=0"], cwd=REPO, env=env,

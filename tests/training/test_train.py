@@ -8,6 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from tests.helpers.tiny_run import TINY_MODEL
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
 from lvae.data import load_dataset
@@ -116,19 +117,21 @@ def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, t
 
 def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, synthetic_mnist):
     """train.grad_clip_value (the authors' ±0.9) clips each entry after the total-norm clip; off by default."""
-
     calls = []
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(value))
-    for value, expected in ((None, []), (0.9, [0.9, 0.9])):  # 96 images, batches of 48: two steps
-        calls.clear()
-        cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", "model.hidden_sizes=[16,8]",
-                             "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",
-                             f"train.grad_clip_value={'null' if value is None else value}", "train.progress=false")
+    real_norm_clip = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(("value", value)))
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_",
+                        lambda *args, **kwargs: calls.append(("norm",)) or real_norm_clip(*args, **kwargs))
+    for value, per_step in ((None, [("norm",)]), (0.9, [("norm",), ("value", 0.9)])):
+        calls.clear()  # a norm limit that every gradient exceeds: the norm clip runs at each of the two steps
+        cfg = compose_config(f"data.root={synthetic_mnist}", *TINY_MODEL, "train.batch_size=48", "train.epochs=1",
+                             "train.grad_clip_norm=1e-6", f"train.grad_clip_value={'null' if value is None else value}",
+                             "train.progress=false")
         data = load_dataset(cfg.data, torch.device("cpu"))
         model = build_model(model_spec(cfg), data.dim)
         with SummaryWriter(str(synthetic_mnist / f"tensorboard_{value}")) as writer:
             train_model(model, torch.optim.Adam(model.parameters()), data, cfg, writer)
-        assert calls == expected
+        assert calls == per_step * 2  # 96 images, batches of 48
 
 
 def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnist, tmp_path):
