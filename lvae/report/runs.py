@@ -59,7 +59,7 @@ def code_mark(metrics: dict) -> str:
 
 
 OTHER_CODE_NOTE = (f"† scored by another numerics version than the installed one ({NUMERICS_VERSION}; see "
-                   "NUMERICS_VERSION in lvae/provenance.py for what changed): its numbers are not those of this "
+                   "NUMERICS_VERSION in lvae/run/provenance.py for what changed): its numbers are not those of this "
                    "code. Rerun it in a fresh directory to replace them.")
 
 

@@ -51,11 +51,11 @@ def _choice(name: str, values: Any) -> type[Choice]:
     return Choice(name, {value: value for value in values}, module=__name__)  # type: ignore[return-value]
 
 
-ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/models.py's MODELS maps each to its class
+ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/core/models.py's MODELS maps each to its class
 Likelihood = _choice("Likelihood", ("bernoulli", "gaussian"))
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Init = _choice("Init", ("pytorch", "glorot"))  # torch.nn defaults | Glorot-normal, zero biases, as Lasagne
-DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry, the one list
+DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data/'s registry, the one list
 DEVICES = tuple(d.value for d in Device)
 BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
@@ -110,16 +110,16 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     iw_samples: int = PAPER_BUDGET.eval.iw_samples
-    # N test images, the first N of one fixed random order (lvae/data.py, fixed_permutation); None = all of them
+    # N test images, the first N of one fixed random order (lvae/data/, fixed_permutation); None = all of them
     test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset
     train_subset: int = PAPER_BUDGET.eval.train_subset  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
     allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
     compile: Optional[bool] = None  # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
-    # Training curves (lvae/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
+    # Training curves (lvae/core/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
     # the test and training ELBO on curve_images images each, and every unit's KL term; null = about 20 points for
-    # runs of 10 epochs or more (lvae/evaluate.py, curve_interval), 0 = none.
+    # runs of 10 epochs or more (lvae/core/evaluate.py, curve_interval), 0 = none.
     curve_every: Optional[int] = None
     curve_iw_samples: int = 100
     curve_images: int = 1000

@@ -1,4 +1,4 @@
-"""Compiled and eager runs compute the same numbers (lvae/compiling.py).
+"""Compiled and eager runs compute the same numbers (lvae/core/compiling.py).
 
 Inductor draws random numbers its own way; with its `fallback_random` setting (used here
 only) it draws them as eager torch does, so that a compiled step can be compared with the

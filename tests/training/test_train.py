@@ -148,7 +148,7 @@ def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnis
 
 
 @pytest.mark.parametrize("script, recorded", [
-    (str(REPO_ROOT / "lvae" / "cli.py"), "lvae/cli.py"),  # python -m lvae.cli, or a worktree's absolute path
+    (str(REPO_ROOT / "lvae" / "cli" / "__main__.py"), "lvae/cli/__main__.py"),  # python -m lvae.cli, or a worktree's absolute path
     ("train.py", "train.py"),
     ("/elsewhere/train.py", "/elsewhere/train.py"),
 ])
