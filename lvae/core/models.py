@@ -401,19 +401,21 @@ def glorot_init(model: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model is, besides the data's dimension: everything `build_model` needs. A run's config
-    says it (lvae.run.settings.model_spec: model.*, layers, batch_norm, likelihood); its defaults live there."""
+    """What a model is, besides the data's dimension: everything `build_model` needs. The defaults are the
+    paper's 5-layer MNIST model (docs/method.md, section 4), and the run config's schema takes its defaults
+    from them (lvae/run/config.py); a run's config says the rest (lvae.run.settings.model_spec)."""
 
-    name: str  # "vae" (BottomUpVAE) or "lvae" (LadderVAE): a key of MODELS
-    latent_sizes: tuple[int, ...]  # z_1 (bottom) .. z_L: L stochastic layers
-    hidden_sizes: tuple[int, ...]  # the deterministic width of each layer, bottom first
-    mlp_depth: int  # hidden layers of each map d(y) = MLP(y)
-    batch_norm: bool  # on the MLPs' dense layers
-    likelihood: str  # "bernoulli" or "gaussian" p(x|z_1)
-    min_variance: float  # added to every softplus variance
-    head_batch_norm: bool  # batch norm also on the mean and variance maps (the authors' code)
-    vae_mirror_encoder_widths: bool  # the VAE's z_{i+1} -> z_i as wide as its z_i -> z_{i+1} (the authors' code)
-    init: str  # "pytorch" (torch.nn's defaults) or "glorot" (`glorot_init`)
+    name: str = "lvae"  # "vae" (BottomUpVAE) or "lvae" (LadderVAE): a key of MODELS
+    latent_sizes: tuple[int, ...] = (64, 32, 16, 8, 4)  # z_1 (bottom) .. z_L: L stochastic layers
+    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64, 32)  # the deterministic width of each layer, bottom first
+    mlp_depth: int = 2  # hidden layers of each map d(y) = MLP(y)
+    batch_norm: bool = True  # on the MLPs' dense layers
+    likelihood: str = "bernoulli"  # "bernoulli" or "gaussian" p(x|z_1)
+    min_variance: float = 1e-6  # added to every softplus variance, so that none reaches zero
+    # Where the authors' released code differs from the paper (README, "Where we differ"); off = the paper.
+    head_batch_norm: bool = False  # batch norm also on the mean and variance maps (the authors' code)
+    vae_mirror_encoder_widths: bool = False  # the VAE's z_{i+1} -> z_i as wide as its z_i -> z_{i+1} (the authors' code)
+    init: str = "pytorch"  # "pytorch" (torch.nn's defaults) or "glorot" (`glorot_init`)
 
 
 def build_model(spec: ModelSpec, data_dim: int) -> HierarchicalVAE:

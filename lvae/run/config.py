@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
+from lvae.core.models import ModelSpec
 from lvae.data import DATASETS as DATASET_REGISTRY
 from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
 
@@ -61,18 +62,20 @@ BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
 
 
+PAPER_MODEL = ModelSpec()  # the schema's model defaults: the paper's (lvae/core/models.py)
+
+
 @dataclass
 class ModelConfig:
     name: ModelName = MISSING
     # Bottom (z_1) to top (z_5); a model with L layers uses the first L (docs/method.md, section 4).
-    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256, 128, 64, 32])
-    latent_sizes: list[int] = field(default_factory=lambda: [64, 32, 16, 8, 4])
-    mlp_depth: int = 2  # hidden layers of each deterministic map d(y) = MLP(y)
-    min_variance: float = 1e-6  # added to softplus so that no variance reaches zero
-    # Where the authors' released code differs from the paper (README, "Where we differ"); off = the paper.
-    head_batch_norm: bool = False  # batch norm also on every mean and variance map (with batch_norm=true)
-    vae_mirror_encoder_widths: bool = False  # the VAE's map z_{i+1} -> z_i as wide as its encoder's z_i -> z_{i+1}
-    init: Init = Init.pytorch
+    hidden_sizes: list[int] = field(default_factory=lambda: list(PAPER_MODEL.hidden_sizes))
+    latent_sizes: list[int] = field(default_factory=lambda: list(PAPER_MODEL.latent_sizes))
+    mlp_depth: int = PAPER_MODEL.mlp_depth
+    min_variance: float = PAPER_MODEL.min_variance
+    head_batch_norm: bool = PAPER_MODEL.head_batch_norm
+    vae_mirror_encoder_widths: bool = PAPER_MODEL.vae_mirror_encoder_widths
+    init: Init = Init(PAPER_MODEL.init)
 
 
 @dataclass
@@ -131,10 +134,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    layers: int = 5
-    batch_norm: bool = True
+    layers: int = len(PAPER_MODEL.latent_sizes)
+    batch_norm: bool = PAPER_MODEL.batch_norm
     warmup_epochs: int = PAPER_BUDGET.warmup_epochs  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
-    likelihood: Likelihood = Likelihood.bernoulli
+    likelihood: Likelihood = Likelihood(PAPER_MODEL.likelihood)
     seed: int = 0
     device: Device = Device.auto
     allow_tf32: bool = True  # TF32 matmuls on CUDA (the log-likelihood reduction stays in float64)

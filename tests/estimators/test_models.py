@@ -7,7 +7,7 @@ import torch
 
 from lvae.run.config import compose_config
 from lvae.core.distributions import precision_weighted_merge
-from lvae.core.models import BottomUpVAE, GaussianHead, LadderVAE, build_model
+from lvae.core.models import BottomUpVAE, GaussianHead, LadderVAE, ModelSpec, build_model
 from lvae.core.objectives import training_bound
 from lvae.run.settings import model_spec
 
@@ -15,10 +15,11 @@ from lvae.run.settings import model_spec
 D, B, S = 20, 8, 3
 
 
-def small_model(name: str, layers: int, batch_norm: bool = True, *overrides: str):
-    cfg = compose_config(f"model={name}", f"layers={layers}", f"batch_norm={batch_norm}",
-                         "model.hidden_sizes=[16,12,10,8,6]", "model.latent_sizes=[6,5,4,3,2]", *overrides)
-    return build_model(model_spec(cfg), D)
+def small_model(name: str, layers: int, batch_norm: bool = True, **fields):
+    """A model of `layers` small layers, the ModelSpec's other fields as given or the paper's."""
+    spec = ModelSpec(name=name, latent_sizes=(6, 5, 4, 3, 2)[:layers], hidden_sizes=(16, 12, 10, 8, 6)[:layers],
+                     batch_norm=batch_norm, **fields)
+    return build_model(spec, D)
 
 
 @pytest.mark.parametrize("name", ["vae", "lvae"])
@@ -117,7 +118,7 @@ def test_folding_batchnorm_keeps_the_function(name, head_batch_norm):
     from lvae.core.evaluate import fold_batchnorm
 
     torch.manual_seed(0)
-    model = small_model(name, 3, True, f"model.head_batch_norm={head_batch_norm}")
+    model = small_model(name, 3, True, head_batch_norm=head_batch_norm)
     for x in (torch.bernoulli(torch.rand(64, D)) for _ in range(3)):  # non-trivial running statistics
         model(x)
     model.eval()
@@ -139,13 +140,13 @@ def test_head_batch_norm_normalises_every_mean_and_variance_map(name):
     def heads(model):
         return [m for m in model.modules() if isinstance(m, GaussianHead)]
 
-    plain, normed = small_model(name, 3), small_model(name, 3, True, "model.head_batch_norm=true")
+    plain, normed = small_model(name, 3), small_model(name, 3, True, head_batch_norm=True)
     assert all(isinstance(h.mean_and_var, torch.nn.Linear) for h in heads(plain))
     norms = [h.mean_and_var[1] for h in heads(normed)]
     assert all(isinstance(n, torch.nn.BatchNorm1d) for n in norms)
     assert [n.num_features for n in norms] == [2 * h.out_features for h in heads(normed)], "means and variances"
     assert len(heads(normed)) == 3 + 2, "3 inference heads and 2 prior heads (Bernoulli output: no head)"
-    no_bn = small_model(name, 3, False, "model.head_batch_norm=true")
+    no_bn = small_model(name, 3, False, head_batch_norm=True)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in no_bn.modules()), "only with batch_norm=true"
     trace = normed(torch.bernoulli(torch.rand(B, D)), S)
     assert trace.layers[0].z.shape == (S, B, 6)
@@ -156,17 +157,16 @@ def test_vae_prior_widths_can_mirror_the_encoder():
         return [prior.body.net[0].out_features for prior in model.generative.priors]
 
     assert prior_widths(small_model("vae", 4)) == [16, 12, 10], "the map into z_i: hidden_sizes[i]"
-    mirrored = small_model("vae", 4, True, "model.vae_mirror_encoder_widths=true")
+    mirrored = small_model("vae", 4, True, vae_mirror_encoder_widths=True)
     assert prior_widths(mirrored) == [12, 10, 8], "the map z_(i+1) -> z_i: hidden_sizes[i+1]"
     assert [e.body.net[0].out_features for e in mirrored.encoders] == [16, 12, 10, 8]
-    lvae = small_model("lvae", 4, True, "model.vae_mirror_encoder_widths=true")
+    lvae = small_model("lvae", 4, True, vae_mirror_encoder_widths=True)
     assert prior_widths(lvae) == [16, 12, 10], "the switch is the VAE's only"
 
 
 def test_glorot_init():
     torch.manual_seed(0)
-    cfg = compose_config("model=lvae", "layers=2", "model.init=glorot")
-    model = build_model(model_spec(cfg), 784)
+    model = build_model(ModelSpec("lvae", latent_sizes=(64, 32), hidden_sizes=(512, 256), init="glorot"), 784)
     first = model.upward[0].net[0]  # 784 -> 512, a hidden layer: gain sqrt(2)
     expected_std = math.sqrt(2.0) * math.sqrt(2.0 / (784 + 512))
     assert abs(first.weight.std().item() / expected_std - 1) < 0.02

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from lvae.run.config import compose_config
-from lvae.core.models import build_model
+from lvae.core.models import ModelSpec, build_model
 from lvae.core.objectives import (
     elbo,
     iw_bound,
@@ -14,14 +13,12 @@ from lvae.core.objectives import (
     log_importance_weights,
     training_bound,
 )
-from lvae.run.settings import model_spec
 
 
 def _model_and_data(name="lvae"):
     torch.manual_seed(0)
-    cfg = compose_config(f"model={name}", "layers=3", "model.hidden_sizes=[16,12,10]",
-                         "model.latent_sizes=[6,4,2]")
-    return build_model(model_spec(cfg), 20).eval(), torch.bernoulli(torch.rand(5, 20))
+    model = build_model(ModelSpec(name, latent_sizes=(6, 4, 2), hidden_sizes=(16, 12, 10)), 20).eval()
+    return model, torch.bernoulli(torch.rand(5, 20))
 
 
 def test_iw_bound_with_one_sample_is_the_elbo_estimate():
