@@ -38,7 +38,7 @@ def run_tests(device: torch.device, tiny: bool, out: Path) -> dict:
     """pytest on the tests parametrised with this device (their ids end in [cpu] or [cuda])."""
     selection = ["-k", device.type]
     if tiny:  # CI already ran the whole suite: here one file proves the step works
-        selection = ["tests/estimators/test_closed_form.py", *selection, "-m", "not slow"]
+        selection = ["tests/core/test_closed_form.py", *selection, "-m", "not slow"]
     report = out / "tests.xml"
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,

@@ -41,7 +41,7 @@ from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, tra
 
 BYTES_PER_FLOAT = 4
 # Activations of one evaluation chunk, in MB, unless a caller says otherwise (the run config's default,
-# eval.memory_budget_mb, is the same number: tests/config checks it). No budget changes a number.
+# eval.memory_budget_mb, is the same number: tests/run/test_config.py checks it). No budget changes a number.
 DEFAULT_MEMORY_BUDGET_MB = 1024
 SAMPLE_BLOCK = 100  # importance samples summed together; a chunk splits an image's samples only between blocks
 IMAGE_GROUP = 16  # a chunk holds a multiple of this many images (see the module's docstring)

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # lvae/run/provenance.py -> the
 
 # What a run computes, as a version that a change to the numbers bumps on purpose: the densities,
 # the models, the bounds, the evaluation, the data pipeline (scaling, binarization, subsets), the
-# optimiser and the config defaults. tests/estimators/test_golden.py pins a seeded tiny run's numbers to
+# optimiser and the config defaults. tests/core/test_golden.py pins a seeded tiny run's numbers to
 # this version and fails when they change and the version did not. The git commit and dirty flag,
 # recorded beside it, say everything else about the code.
 #   1: every run before the version was recorded (those carry a `code_fingerprint` instead).

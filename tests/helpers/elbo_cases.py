@@ -1,5 +1,5 @@
-"""The closed-form ELBO cases that the estimator tests draw from (tests/estimators/test_elbo_closed_form.py,
-tests/training/test_compiled.py), and the check that a mean of draws matches an exact value.
+"""The closed-form ELBO cases that the estimator tests draw from (tests/core/test_elbo_closed_form.py,
+tests/run/test_compiled.py), and the check that a mean of draws matches an exact value.
 
 STRONGLY_DEPENDENT is the case an analytic KL at the sampled parent gets wrong by
 1/s^2 nats for bottom-up inference: q(z_2|z_1) = N(z_1, s^2) nearly copies z_1 and

@@ -20,7 +20,7 @@ from lvae.run.checkpoint import load_checkpoint
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
 from ..helpers.reproducibility import differences_between_runs
-from .test_reliability import TINY
+from tests.run.test_reliability import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(data_root, uninterrupted, t
     process = _cli(run_dir, data_root, "train.epochs=60", "train.checkpoint_every=1")
     _wait_for_checkpoint(run_dir, process)
     time.sleep(random.Random(0).uniform(0.0, 0.5))
-    process.kill()  # SIGTERM at every step is tested in tests/reliability/test_reliability.py
+    process.kill()  # SIGTERM at every step is tested in tests/run/test_reliability.py
     output, _ = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGKILL, output
     status = json.loads((run_dir / "metrics.json").read_text())

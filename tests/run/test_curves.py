@@ -1,7 +1,7 @@
 """Training curves: points at the asked epochs, in metrics.json's history and TensorBoard, changing nothing in training.
 
 That a resumed run's curves equal an uninterrupted run's is checked with the other resume tests
-(tests/reliability/test_reliability.py: their reference run records a point every epoch).
+(tests/run/test_reliability.py: their reference run records a point every epoch).
 """
 
 import json

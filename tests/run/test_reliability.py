@@ -1,7 +1,7 @@
 """Crash-safe, resumable runs; one writer per run directory; the NaN guard; one clear error for each bad input.
 
 These tests call lvae.run.train.run in this process, with signals sent to itself at a chosen
-step; tests/reliability/test_reliability_cli.py does the same through the command line.
+step; tests/cli/test_reliability_cli.py does the same through the command line.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Nothing lost: resume, signals, locks, full disks, divergence, refused launches."""
