@@ -98,7 +98,7 @@ def report_header(records: list[RunRecord], title: str) -> list[str]:
     return [
         f"# {title}", "",
         budget, "",
-        f"- Hardware: {_values(finished, lambda r: r.metrics.get('device'))}",
+        f"- Hardware: {_values(finished, lambda r: device_name(r.metrics.get('device', '')))}",
         f"- Runs finished: {_values(finished, lambda r: r.metrics.get('date', '')[:10])}; "
         f"report written {datetime.date.today().isoformat()}",
         f"- Commands: {_values(finished, _command)}",

@@ -195,9 +195,22 @@ def draw_figures(paper: Paper, out_dir: Path) -> None:
         plot_kl_per_layer_bars(kl_bars, out_dir / "kl_per_layer.png")
 
 
+def distinct_runs(records: list[RunRecord]) -> list[RunRecord]:
+    """records without the copies of a run found twice (the same metrics.json: a fine-tuning's base run published
+    beside its fine-tunings and in Figure 3's folder), so that no run counts as two seeds."""
+    seen, distinct = set(), []
+    for record in records:
+        key = json.dumps(record.metrics, sort_keys=True) if record.completed else str(record.run_dir)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(record)
+    return distinct
+
+
 def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -> Path:
     """Every analysis of the module's docstring for `records` into out_dir; returns index.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = distinct_runs(records)
     grid = build_grid(records)
     deep = [n for n in grid.layers if any(completed(grid.runs(row, n)) for row in PAPER_ORDER)]
     paper = Paper(records, grid, max(deep) if deep else 5)
