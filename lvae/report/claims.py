@@ -73,9 +73,13 @@ class Paper:
         return [(row, n) for row, n in needs if not completed(self.cell(row, n))]
 
     def not_run(self, what: str, needs: list[tuple[str, int]], command: str) -> Verdict:
-        """NOT_RUN for `what`, naming the cells (variant, layers) of `needs` without a completed run."""
-        missing = ", ".join(f"{row} L={n}" for row, n in self.missing(needs)) or "pair of runs with a shared seed"
-        return Verdict(NOT_RUN, f"{what}: no completed run of {missing}; {command} makes them")
+        """NOT_RUN for `what`, naming the cells (variant, layers) of `needs` without a completed run; when every
+        cell has runs, they are no pair (no shared seed, or other test images: eval.test_subset is a budget key)."""
+        missing = self.missing(needs)
+        if not missing:
+            return Verdict(NOT_TESTABLE, f"{what}: the runs share no seed, or scored different test images")
+        return Verdict(NOT_RUN, f"{what}: no completed run of {', '.join(f'{row} L={n}' for row, n in missing)}; "
+                                f"{command} makes them")
 
     def fig3_not_run(self, what: str, needs: list[tuple[str, int]]) -> Verdict:
         """NOT_RUN for `what`, with the Figure 3 sweep of just the missing variants and depths."""

@@ -39,7 +39,8 @@ RULE = ("**The rule of every verdict.** A claim that b is better than a is judge
         "needs are missing (named, with the command that makes them); *not testable at this budget*: the budget "
         "itself prevents it. Counts (active units, curve points) take the same test over seeds, and with one seed "
         "are *descriptive* (no verdict word). A claim of several parts lists each part with its word; its headline "
-        "is the least favourable word of its measured parts, and a missing part never hides a measured one.")
+        "is the least favourable word of its measured parts (a missing part never hides a measured one), and when "
+        "every measured part is supported, the word of a missing part (what never ran is not shown).")
 
 
 def t_critical(degrees_of_freedom: int) -> float:

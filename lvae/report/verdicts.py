@@ -224,11 +224,13 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
         return [f"![{caption}]({name})", ""] if (out_dir / name).exists() else [f"({caption}: nothing to draw)", ""]
 
     every_seed = f"every seed of the {seeds}: the mean, each seed faint" if seeds > 1 else "one seed"
+    fig3_points = (f"each point the mean over the {seeds} seeds ± their standard deviation" if seeds > 1
+                   else "one seed: no error bars")
     sections = [
         ("1. Bounds during training", "curves",
          [*figure("bounds_vs_epochs.png", f"train and test bounds against epochs, {every_seed}"),
           *curve_differences(paper)], curves_verdict(paper)),
-        ("2. Figure 3: bounds against depth", "fig3", [*figure("fig3/fig3.png", "Figure 3"),
+        ("2. Figure 3: bounds against depth", "fig3", [*figure("fig3/fig3.png", f"Figure 3, {fig3_points}"),
                                                         "Tables: [fig3/results.md](fig3/results.md).", ""],
          fig3_verdict(paper)),
         (f"3. Active units per layer (L={paper.layers})", "active", [*active_units_table(paper), ""],
