@@ -174,3 +174,27 @@ def test_the_index_states_the_rule_and_the_right_plus_minus_sentence(three_seed_
     assert "no completed run of VAE+BN+WU, omniglot L=5, LVAE+BN+WU, omniglot L=5" in table
     assert _headline(three_seed_index, 6) == NOT_RUN, "no weights to look inside"
     assert "every seed of the 3: the mean, each seed faint" in _section(three_seed_index, 1)
+
+
+def test_a_run_found_twice_counts_once_and_a_kept_analysis_is_shown(tmp_path):
+    """A run published twice (a fine-tuning's base beside Figure 3's runs) is one seed; runs published without
+    weights keep the analysis.json that their checkpoints once gave the folder, and item 6 is judged on it."""
+    runs = tmp_path / "runs"
+    for variant in ("VAE+BN+WU", "LVAE+BN+WU"):
+        _write_run(runs / "fig3", variant, 0)
+    _write_run(runs / "table1", "LVAE+BN+WU", 0)  # the same metrics.json again
+    analysis = tmp_path / "paper" / "analysis"
+    analysis.mkdir(parents=True)
+    (analysis / "pca.png").write_bytes(b"kept")
+    accuracy = {"VAE+BN+WU L5": 0.10, "LVAE+BN+WU L5": 0.30}
+    (analysis / "analysis.json").write_text(json.dumps({"test_images": 1000, "runs": {
+        name: {"seed": 0, "nearest_centroid_accuracy": [0.8, value]} for name, value in accuracy.items()}}))
+    (runs / "table1" / "layers=5,seed=0,variant=lvae_bn_wu").rename(runs / "table1" / "base")
+    index = write_paper(collect_runs([runs]), tmp_path / "paper")  # no weights: nothing is analysed again
+    assert index.read_text().count("One seed: a ± is the paired standard error") == 1
+    assert "paired over 40 test images, 1 seed" in _section(index.read_text(), 1), "one pair, not two"
+    assert re.search(r"\| LVAE\+BN\+WU \| -\d+\.\d\d ± 0\.20 \| 1 \| -82\.1 \|", _section(index.read_text(), 7))
+    assert "- Runs: 2 (2 completed)" in (tmp_path / "paper" / "fig3" / "results.md").read_text()
+    assert (analysis / "pca.png").read_bytes() == b"kept"
+    assert "written when their checkpoints were there" in _section(index.read_text(), 6)
+    assert _headline(index.read_text(), 6) == SUPPORTED, "+20 points, binomial standard error of 500 images"
