@@ -45,7 +45,7 @@ def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
 def new_model(name: str = "lvae", data_dim: int = 784, **settings) -> HierarchicalVAE:
     """An untrained model from keyword arguments: `name` "lvae" or "vae", and any of layers, batch_norm,
     likelihood and the model.* keys of the run config (hidden_sizes, latent_sizes, mlp_depth, init, ...).
-    What is not given has the run config's default (lvae/config.py), as `python train.py` would build it."""
+    What is not given has the run config's default (lvae/run/config.py), as `python train.py` would build it."""
     top_level = {key: settings.pop(key) for key in TOP_LEVEL_MODEL_KEYS if key in settings}
     cfg = OmegaConf.structured(Config(model=ModelConfig(name=name, **settings), **top_level))
     return build_model(model_spec(cfg), data_dim)

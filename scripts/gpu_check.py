@@ -23,20 +23,15 @@ from pathlib import Path
 
 import torch
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))
-sys.path.insert(0, str(REPO))
-
-import bench  # noqa: E402
-from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile  # noqa: E402
-from lvae.run.config import DEVICES, resolve_device  # noqa: E402
-from lvae.core.evaluate import tf32_matmuls  # noqa: E402
-from lvae.run.provenance import describe_device, provenance  # noqa: E402
+from lvae.cli import timing
+from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile
+from lvae.core.evaluate import tf32_matmuls
+from lvae.run.config import DEVICES, resolve_device
+from lvae.run.provenance import REPO_ROOT, describe_device, provenance
 
 TIME_LIMIT_S = 8 * 60  # the whole check on a GPU, installs included (make gpu-check)
 FIGURE3_RUNS, TRAIN_IMAGES = 20, 60_000
-TINY = bench.Size(layers=2, overrides=("model.hidden_sizes=[32,16]", "model.latent_sizes=[8,4]"))
+TINY = timing.Size(layers=2, overrides=("model.hidden_sizes=[32,16]", "model.latent_sizes=[8,4]"))
 
 
 def run_tests(device: torch.device, tiny: bool, out: Path) -> dict:
@@ -47,7 +42,7 @@ def run_tests(device: torch.device, tiny: bool, out: Path) -> dict:
     report = out / "tests.xml"
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
-                             f"--junitxml={report}"], cwd=REPO, capture_output=True, text=True)
+                             f"--junitxml={report}"], cwd=REPO_ROOT, capture_output=True, text=True)
     suite = ElementTree.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
@@ -55,19 +50,19 @@ def run_tests(device: torch.device, tiny: bool, out: Path) -> dict:
             "command": f"pytest {' '.join(selection)}", "tail": result.stdout.strip().splitlines()[-3:]}
 
 
-def paper_run(device: torch.device, size: bench.Size, epochs: int, pairs_per_s: float) -> dict:
+def paper_run(device: torch.device, size: timing.Size, epochs: int, pairs_per_s: float) -> dict:
     """Full epochs of the real loop at the paper's settings (batch 256, warm-up on), timed after the first;
     projected to the paper's 2000 epochs plus the evaluation of the full test set."""
-    steps_per_epoch = TRAIN_IMAGES // bench.BATCH
-    compiled = use_compile(None, device, bench.PAPER_EPOCHS * steps_per_epoch, CPU_MIN_TRAIN_STEPS)  # as a paper run
-    _, run = bench.training_setup("lvae", device, steps_per_epoch, compiled, size)
-    first_epoch = bench.timed(lambda: run(steps_per_epoch), device)
-    epoch_s = bench.timed(lambda: run(steps_per_epoch), device, repeats=epochs)
+    steps_per_epoch = TRAIN_IMAGES // timing.BATCH
+    compiled = use_compile(None, device, timing.PAPER_EPOCHS * steps_per_epoch, CPU_MIN_TRAIN_STEPS)  # as a paper run
+    _, run = timing.training_setup("lvae", device, steps_per_epoch, compiled, size)
+    first_epoch = timing.timed(lambda: run(steps_per_epoch), device)
+    epoch_s = timing.timed(lambda: run(steps_per_epoch), device, repeats=epochs)
     # Evaluation: K=5000 (+1 for the ELBO) on 10,000 test images, the 10,000-image train bound, and
     # one forward pass over the training set for the batch-norm statistics (about a third of an epoch).
-    evaluation_s = bench.TEST_SET * 5001 / pairs_per_s + 10_000 / pairs_per_s + epoch_s / 3
-    run_s = bench.PAPER_EPOCHS * epoch_s + evaluation_s
-    return {"model": f"LVAE+BN+WU, {size.layers} layers" + ("" if size == bench.PAPER else " (small)"),
+    evaluation_s = timing.TEST_SET * 5001 / pairs_per_s + 10_000 / pairs_per_s + epoch_s / 3
+    run_s = timing.PAPER_EPOCHS * epoch_s + evaluation_s
+    return {"model": f"LVAE+BN+WU, {size.layers} layers" + ("" if size == timing.PAPER else " (small)"),
             "compiled": compiled, "first_epoch_s": first_epoch, "epoch_s": epoch_s, "evaluation_s": evaluation_s,
             "run_hours": run_s / 3600, "figure3_hours_one_at_a_time": FIGURE3_RUNS * run_s / 3600}
 
@@ -105,9 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--tiny", action="store_true", help="small models and few steps (CI, on the CPU)")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu-check")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "gpu-check")
     args = parser.parse_args()
-    device, size = resolve_device(args.device), (TINY if args.tiny else bench.PAPER)
+    device, size = resolve_device(args.device), (TINY if args.tiny else timing.PAPER)
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     steps, eval_images = (5, 2) if args.tiny else (50, 64)
@@ -117,17 +112,17 @@ def main() -> None:
     summary["tests"] = run_tests(device, args.tiny, args.out)
     print(f"tests: {'passed' if summary['tests']['passed'] else 'FAILED'} ({summary['tests']['seconds']:.0f} s)",
           flush=True)
-    summary["training"] = {name: dict(zip(("eager", "compiled"), bench.bench_training(name, device, steps, size)))
+    summary["training"] = {name: dict(zip(("eager", "compiled"), timing.bench_training(name, device, steps, size)))
                            for name in ("lvae", "vae")}
     print("training: timed", flush=True)
     with tf32_matmuls(allow_tf32=False):  # evaluation is a measurement, as in a run
         summary["evaluation"] = {name: dict(zip(("eager", "compiled"),
-                                                bench.bench_evaluation(name, device, eval_images, 1024, size=size)))
+                                                timing.bench_evaluation(name, device, eval_images, 1024, size=size)))
                                  for name in ("lvae", "vae")}
     print("evaluation: timed", flush=True)
     pairs_per_s = max(summary["evaluation"]["lvae"][mode]["pairs_per_s"] for mode in ("eager", "compiled"))
     summary["paper_run"] = paper_run(device, size, 1 if args.tiny else 3, pairs_per_s)
-    summary["concurrency"] = bench.concurrent_training(device, size, [1, 2] if args.tiny else [1, 2, 4], steps * 4)
+    summary["concurrency"] = timing.concurrent_training(device, size, [1, 2] if args.tiny else [1, 2, 4], steps * 4)
     summary["seconds"] = time.perf_counter() - started
     summary["within_time_limit"] = summary["seconds"] <= TIME_LIMIT_S
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

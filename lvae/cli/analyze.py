@@ -27,7 +27,7 @@ from pathlib import Path
 from lvae.core.analysis import layer_names
 from lvae.run.checkpoint import CheckpointError
 from lvae.run.config import DEVICES, ConfigError
-from lvae.data import DatasetError
+from lvae.data.errors import DatasetError
 from lvae.run.analysis import AnalysisSettings, analyze_runs
 from lvae.run.stored import RunDirError
 

@@ -126,7 +126,7 @@ def describe_other_code(run_dirs: list[Path]) -> str:
     """A warning for complete runs whose numbers come from other code (never taken silently)."""
     listed = "\n".join(f"    {run_dir}" for run_dir in run_dirs)
     return (f"WARNING: {len(run_dirs)} of the complete runs were scored by another numerics version than the "
-            f"installed one (lvae/provenance.py, NUMERICS_VERSION). They are not trained again, and the report "
+            f"installed one (lvae/run/provenance.py, NUMERICS_VERSION). They are not trained again, and the report "
             f"marks their numbers with †. "
             f"To recompute them with this code, move their folders away first:\n{listed}")
 

@@ -47,7 +47,7 @@ from lvae.run.folder import RunDirBusy, folders_to_create, remove_empty_folders
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
 from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
-from lvae.data import DatasetError
+from lvae.data.errors import DatasetError
 from lvae.run.record import CHECKPOINT_FILE
 from lvae.run.sweep import sweep_jobs
 from lvae.run.outcomes import RunFailed, RunInterrupted

@@ -24,7 +24,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid, save_image
 
 from lvae.core.evaluate import per_image
 from lvae.core.models import HierarchicalVAE, StochasticLayer
@@ -159,12 +158,16 @@ def to_grid(images: torch.Tensor, images_per_row: int) -> torch.Tensor:
     side = math.isqrt(images.shape[1])
     if side * side != images.shape[1]:
         raise ValueError(f"images of {images.shape[1]} pixels are not square")
+    from torchvision.utils import make_grid  # imported here: torchvision takes seconds to import
+
     tiles = images.detach().float().cpu().reshape(-1, 1, side, side).clamp(0, 1)
     return make_grid(tiles, nrow=images_per_row, padding=2, pad_value=0.5)
 
 
 def image_grid(images: torch.Tensor, path: Path, images_per_row: int = 10, scale: int = 2) -> None:
     """Save flattened square images (N, D) as one PNG grid, each pixel drawn as scale x scale pixels."""
+    from torchvision.utils import save_image
+
     grid = to_grid(images, images_per_row)
     save_image(grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2), path)
 

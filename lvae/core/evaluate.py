@@ -35,7 +35,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.models import HierarchicalVAE, Trace
 from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 
@@ -270,7 +270,7 @@ class EvalSettings:
     seed: int = 0  # chooses every image's noise (noise_seed)
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
     allow_tf32: bool = False  # TF32 matmuls on CUDA; a measurement is full float32 by default
-    compile: Optional[bool] = None  # torch.compile the chunks' forward pass; None: auto (lvae/compiling.py)
+    compile: Optional[bool] = None  # torch.compile the chunks' forward pass; None: auto (lvae/core/compiling.py)
     progress: bool = False  # a progress bar for the K-sample estimate
 
 
@@ -290,7 +290,7 @@ def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettin
 
 def evaluation_copy(model: HierarchicalVAE, compile_forward: bool = False) -> HierarchicalVAE:
     """The model as evaluation runs it: batch norm folded (a copy), its forward pass, which every
-    chunk runs, compiled when asked (lvae/compiling.py)."""
+    chunk runs, compiled when asked (lvae/core/compiling.py)."""
     folded = fold_batchnorm(model)
     if compile_forward:
         device = next(folded.parameters()).device
@@ -362,7 +362,7 @@ def curve_point(model: HierarchicalVAE, data: ImageData, settings: CurveSettings
 
 def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
     budget, progress, k, seed = settings.memory_budget_mb, settings.progress, settings.iw_samples, settings.seed
-    # A fixed random sample of the test set, the same for every run (lvae/data.py, fixed_permutation).
+    # A fixed random sample of the test set, the same for every run (lvae/data/, fixed_permutation).
     test_indices, test = data.test_sample(settings.test_subset)
     train_indices = data.train_subset_indices(settings.train_subset)
     train = data.fixed_train_subset(train_indices, seed=settings.binarization_seed)

@@ -16,7 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lvae.run.config import run_defining_values, schema_defaults
+from lvae.run.config import config_to_dict, schema_defaults
+from lvae.run.identity import run_defining_values
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics
 from lvae.run.record import CONFIG_FILE, METRICS_FILE, Status, read_config, read_record, status_of
 from lvae.run.sweep import Job, jobs_of_sweep_dir
@@ -58,7 +59,7 @@ def code_mark(metrics: dict) -> str:
 
 
 OTHER_CODE_NOTE = (f"† scored by another numerics version than the installed one ({NUMERICS_VERSION}; see "
-                   "NUMERICS_VERSION in lvae/provenance.py for what changed): its numbers are not those of this "
+                   "NUMERICS_VERSION in lvae/run/provenance.py for what changed): its numbers are not those of this "
                    "code. Rerun it in a fresh directory to replace them.")
 
 
@@ -81,7 +82,7 @@ def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -
     if config is not None:
         # A key added to the schema after the run was configured had its default value in that run.
         tree = OmegaConf.merge(schema_defaults(), config)
-        setting = {key: value for key, value in run_defining_values(tree).items() if value != MISSING}
+        setting = {key: value for key, value in run_defining_values(config_to_dict(tree)).items() if value != MISSING}
         for key in (*BUDGET_KEYS, "budget_name"):
             if OmegaConf.select(tree, key, default=MISSING) is not MISSING:
                 setting[key] = OmegaConf.select(tree, key)

@@ -33,7 +33,8 @@ from lvae.core.analysis import (
 )
 from lvae.run.folder import write_json
 from lvae.run.config import resolve_device
-from lvae.data import ImageData, load_dataset
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB
 from lvae.core.models import HierarchicalVAE
 from lvae.run.record import ANALYSIS_FILE, is_complete, read_record

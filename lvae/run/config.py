@@ -8,7 +8,6 @@ express and names the key and the allowed values in its message.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,8 +17,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lvae.data import BINARY, GREY_LEVELS, INTENSITY_SCALES
+from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from lvae.data import DATASETS as DATASET_REGISTRY
+from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
 
 
 def _config_dir() -> Path:
@@ -51,11 +51,11 @@ def _choice(name: str, values: Any) -> type[Choice]:
     return Choice(name, {value: value for value in values}, module=__name__)  # type: ignore[return-value]
 
 
-ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/models.py's MODELS maps each to its class
+ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/core/models.py's MODELS maps each to its class
 Likelihood = _choice("Likelihood", ("bernoulli", "gaussian"))
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Init = _choice("Init", ("pytorch", "glorot"))  # torch.nn defaults | Glorot-normal, zero biases, as Lasagne
-DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data.py's registry, the one list
+DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data/'s registry, the one list
 DEVICES = tuple(d.value for d in Device)
 BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
@@ -110,16 +110,16 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     iw_samples: int = PAPER_BUDGET.eval.iw_samples
-    # N test images, the first N of one fixed random order (lvae/data.py, fixed_permutation); None = all of them
+    # N test images, the first N of one fixed random order (lvae/data/, fixed_permutation); None = all of them
     test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset
     train_subset: int = PAPER_BUDGET.eval.train_subset  # training images for the training-set bound
     memory_budget_mb: int = 1024  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
     allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
     compile: Optional[bool] = None  # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
-    # Training curves (lvae/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
+    # Training curves (lvae/core/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
     # the test and training ELBO on curve_images images each, and every unit's KL term; null = about 20 points for
-    # runs of 10 epochs or more (lvae/evaluate.py, curve_interval), 0 = none.
+    # runs of 10 epochs or more (lvae/core/evaluate.py, curve_interval), 0 = none.
     curve_every: Optional[int] = None
     curve_iw_samples: int = 100
     curve_images: int = 1000
@@ -155,39 +155,6 @@ def schema_defaults() -> dict:
     return config_to_dict(OmegaConf.structured(Config))
 
 
-MAX_RUN_DIR_NAME = 200  # bytes; file systems allow 255 per name
-
-
-def run_dir_name(override_dirname: str) -> str:
-    """Run directories are named by their command-line overrides (`defaults` when none),
-    so that the same command finds the same directory again and resumes it. A name too long for
-    a file system is cut, with a hash of the whole name appended (the same overrides, the same name)."""
-    name = override_dirname or "defaults"
-    if len(name.encode()) <= MAX_RUN_DIR_NAME:
-        return name
-    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
-    return f"{name.encode()[:MAX_RUN_DIR_NAME - 18].decode(errors='ignore')}-{digest}"
-
-
-# A run's identity, written once. HOW_IT_RUNS: the keys that change how a run is run or where its data
-# lies, not what it computes. They never name a run folder (Hydra's override_dirname.exclude_keys, read
-# by configs/config.yaml and configs/layout/preset.yaml), a resumed run may change them, and they are
-# not a finished run's settings. A run may also continue with CONTINUABLE changed: more epochs (training
-# continues from the last checkpoint), another evaluation (redone), another budget name.
-HOW_IT_RUNS = ("resume", "device", "allow_tf32", "train.progress", "train.checkpoint_every", "train.compile",
-               "eval.compile", "data.root", "data.download")
-CONTINUABLE = ("train.epochs", "eval", "budget_name")
-# The eval.* keys of the curves measured during training: they change no end-of-run number (a finished run is
-# not evaluated again for them); a run continued with other values records its later points with them.
-CURVE_KEYS = ("eval.curve_every", "eval.curve_iw_samples", "eval.curve_images")
-RUN_FOLDER_IGNORES = HOW_IT_RUNS
-
-
-def run_folder_ignores(*extra: str) -> list[str]:
-    """RUN_FOLDER_IGNORES and `extra` (a preset adds the keys its sweep folder already names)."""
-    return [*RUN_FOLDER_IGNORES, *extra]
-
-
 def is_binary_data(name: str, binarize: bool) -> bool:
     """x is binary: binarized on the fly, or stored as 0/1 (Bernoulli output needs no data.binarize)."""
     return binarize or name in BINARY_DATASETS
@@ -199,10 +166,26 @@ def likelihood_for_data(name: str, binarize: bool) -> str:
     return "bernoulli" if is_binary_data(name, binarize) else "gaussian"
 
 
+def finetune_schedule(budget_name: Optional[str], key: str) -> Any:
+    """`key` of the fine-tuning schedule that goes with a budget, configs/finetune_schedule/<budget>.yaml (the
+    paper's without a budget): experiment=table1 reads its length and learning rate with it."""
+    return OmegaConf.select(_schedule_file(budget_name or "paper"), key)
+
+
+def _schedule_file(name: str) -> DictConfig:
+    """A schedule file with the files its defaults list names merged under it (quick_full_test uses quick's)."""
+    path = Path(CONFIG_DIR) / "finetune_schedule" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no fine-tuning schedule for budget={name}: {path} does not exist")
+    node = OmegaConf.load(path)
+    included = [_schedule_file(entry) for entry in node.pop("defaults", []) if entry != "_self_"]
+    return OmegaConf.merge(*included, node)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
     for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data),
-                           ("run_folder_ignores", run_folder_ignores)):
+                           ("run_folder_ignores", run_folder_ignores), ("finetune_schedule", finetune_schedule)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
@@ -325,7 +308,7 @@ def not_a_setting(key: str, close: list[str]) -> str:
 def setting_names() -> list[str]:
     """Every key that a command-line override may name: the schema's keys at every level
     (`train`, `train.lr`) and the config groups of configs/ (`experiment`, `budget`, ...)."""
-    names = set(_flatten(schema_defaults()))
+    names = set(flatten(schema_defaults()))
     names |= {".".join(name.split(".")[:depth]) for name in list(names) for depth in range(1, name.count(".") + 1)}
     groups = Path(CONFIG_DIR)
     names |= {str(folder.relative_to(groups)) for folder in groups.rglob("*") if folder.is_dir()}
@@ -349,33 +332,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Everything else defines the run: a checkpoint resumes only with the same values.
-NOT_RUN_DEFINING = (*HOW_IT_RUNS, *CONTINUABLE)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
-
-
-def run_defining_values(cfg: DictConfig | dict) -> dict[str, Any]:
-    """key -> value of every key that defines what a run computes."""
-    tree = config_to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
-    return {key: value for key, value in _flatten(tree).items()
-            if not any(key == k or key.startswith(k + ".") for k in NOT_RUN_DEFINING)}
-
-
 def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     """'key: stored -> now' for every run-defining key whose value differs.
 
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    old, new = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}, run_defining_values(cfg)
+    old = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}
+    new = run_defining_values(config_to_dict(cfg))
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 

@@ -1,6 +1,6 @@
 """Fine-tuning: a run that starts from another run's final weights, with a decaying learning rate.
 
-Two config keys drive it (lvae/config.py):
+Two config keys drive it (lvae/run/config.py):
 - `init_from`: a completed run directory; a fresh run loads that run's final weights
   (with its batch-norm statistics) and then trains `train.epochs` epochs of its own with
   a fresh optimiser. Once the run has a checkpoint of its own, it resumes from that.

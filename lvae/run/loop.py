@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from lvae.core.analysis import ACTIVITY_THRESHOLD
 from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.evaluate import curve_interval, curve_point
 from lvae.run.finetune import set_learning_rate
 from lvae.core.models import HierarchicalVAE
@@ -84,7 +84,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
 
     Running sums and the non-finite check stay on the device and are read once
     per epoch, so no step waits for the host. The forward half of each step is compiled
-    when train.compile says so (lvae/compiling.py); each epoch's record says whether it was.
+    when train.compile says so (lvae/core/compiling.py); each epoch's record says whether it was.
     """
     state = state or TrainingState()
     stop = stop or StopRequest()
@@ -171,7 +171,7 @@ def _raise_if_below(bound_mean: float, floor: float, cfg: DictConfig, epoch: int
     if bound_mean < floor:
         raise RunFailed(f"the run diverged in epoch {epoch + 1} (by step {step}): its mean training bound, "
                         f"{bound_mean:.4g} nats per image, is below {floor:.0f}, {DIVERGED_NATS_PER_PIXEL:g} nats "
-                        "per pixel worse than a model that learned nothing (lvae/train.py, divergence_floor); "
+                        "per pixel worse than a model that learned nothing (lvae/run/train.py, divergence_floor); "
                         f"try a lower train.lr (now {cfg.train.lr:g})", epoch + 1, step)
 
 

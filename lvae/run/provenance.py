@@ -53,7 +53,7 @@ def describe_device(device: torch.device) -> str:
 
 def command_line() -> str:
     """The command that runs, its script relative to the repository when inside it: where a clone or
-    worktree lies says nothing about the run (`python -m lvae.cli` shows as lvae/cli.py)."""
+    worktree lies says nothing about the run (`python -m lvae.cli` shows as lvae/cli/train_command.py)."""
     script = Path(sys.argv[0])
     if script.is_absolute() and script.is_relative_to(REPO_ROOT):
         script = script.relative_to(REPO_ROOT)

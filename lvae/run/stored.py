@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import resolve_device, schema_defaults
-from lvae.data import ImageData, load_dataset
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
 from lvae.core.models import HierarchicalVAE, build_model, merge_separate_head_maps
 from lvae.run.settings import model_spec
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_config, read_record

@@ -41,7 +41,8 @@ from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkp
 from lvae.run.folder import RunDirHold, hold_run_dir, remove_stale_temporaries, write_text
 from lvae.run.logs import open_run_logs
 from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
-from lvae.data import ImageData, load_dataset
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
 from lvae.core.evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
 from lvae.run.finetune import load_initial_weights
 from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps

@@ -8,10 +8,9 @@ import lvae
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
 from lvae.run.train import run
+from tests.helpers.tiny_run import tiny_run
 
-TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
-        "train.epochs=1", "eval.iw_samples=16", "eval.train_subset=32", "eval.analyze=false", "device=cpu",
-        "train.progress=false")
+TINY = tiny_run("eval.iw_samples=16")
 
 
 def test_a_trained_run_comes_back_as_evaluated(synthetic_mnist, tmp_path):

@@ -30,7 +30,7 @@ def _modules() -> list[Path]:
 
 
 def _package_of(path: Path) -> str:
-    """lvae/run/train.py -> "run"; lvae/__init__.py, lvae/compare.py and every __main__.py -> the face."""
+    """lvae/run/train.py -> "run"; lvae/__init__.py, lvae/report/compare.py and every __main__.py -> the face."""
     parts = path.relative_to(PACKAGE).parts
     return parts[0] if len(parts) > 1 and path.name != "__main__.py" else FACE
 

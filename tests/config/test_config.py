@@ -88,6 +88,7 @@ def test_wrong_types_and_unknown_keys_are_refused_by_the_schema():
         compose_config("train.learning_rate=0.1")
 
 
+@pytest.mark.slow  # starts a process
 def test_command_line_exits_with_the_message():
     env = {**os.environ, "LVAE_DATA_ROOT": "/nonexistent"}
     result = subprocess.run([sys.executable, "train.py", "layers=0"], cwd=REPO, env=env,
@@ -98,7 +99,7 @@ def test_command_line_exits_with_the_message():
 
 
 def test_a_run_folder_name_too_long_for_a_file_system_is_cut_with_a_hash_of_the_whole():
-    from lvae.run.config import MAX_RUN_DIR_NAME, run_dir_name
+    from lvae.run.identity import MAX_RUN_DIR_NAME, run_dir_name
 
     overrides = ",".join(f"model.hidden_sizes=[{size},16,8,8,8]" for size in range(30))
     name = run_dir_name(overrides)

@@ -17,8 +17,12 @@ import torch
 from PIL import Image
 
 import lvae.data
+import lvae.data.norb
+import lvae.data.files
 from lvae.run.config import validate
-from lvae.data import NORB_FILES, DatasetInvalidError, DatasetNotFoundError, load_norb
+from lvae.data import load_dataset
+from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
+from lvae.data.norb import NORB_FILES
 from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg
@@ -60,7 +64,7 @@ def test_norb_uses_both_cameras_once_at_32x32_dequantized(tmp_path):
     written = write_synthetic_norb(tmp_path)
     cfg = _cfg("norb", tmp_path, *GAUSSIAN)
     validate(cfg)
-    data = load_norb(cfg.data, CPU)
+    data = load_dataset(cfg.data, CPU)
     assert data.train.shape == (12, 1024) and data.test.shape == (8, 1024), "2 images a pair, 32x32"
     assert data.dequantize and not data.binarize
     for split, x, labels in (("train", data.train, data.train_labels), ("test", data.test, data.test_labels)):
@@ -73,7 +77,7 @@ def test_norb_uses_both_cameras_once_at_32x32_dequantized(tmp_path):
     assert torch.equal(data.train * 256, (data.train * 256).round()), "training pixels are stored, noise per batch"
     assert 0 < data.test.min() and data.test.max() < 1 and not torch.equal(data.test * 256, (data.test * 256).round())
     assert data.bits_per_dim(0.0) == 8.0 and data.dim == 1024
-    assert torch.equal(load_norb(cfg.data, CPU).test, data.test), "a fixed order and test noise"
+    assert torch.equal(load_dataset(cfg.data, CPU).test, data.test), "a fixed order and test noise"
 
 
 def test_norb_shrinks_with_pils_antialiased_bicubic_filter_upright(tmp_path):
@@ -83,7 +87,7 @@ def test_norb_shrinks_with_pils_antialiased_bicubic_filter_upright(tmp_path):
     image[70:, :] = 90  # a grey band at the bottom
     pair = np.stack([image, image.T])[None]  # camera 1 sees the transpose
     write_norb_matrix(norb_path(tmp_path, "train", "dat"), pair)
-    data = load_norb(_cfg("norb", tmp_path, *GAUSSIAN).data, CPU)
+    data = load_dataset(_cfg("norb", tmp_path, *GAUSSIAN).data, CPU)
     shrunk = [(x * 256).view(32, 32).numpy().astype(int) for x in data.train]
     # The camera-0 image is bright at the left (not at the top, as its transpose): upright.
     ours = next(view for view in shrunk if view[16, 2] > view[2, 16])
@@ -97,7 +101,7 @@ def test_norb_reads_gzipped_files_as_downloaded(tmp_path):
     write_synthetic_norb(tmp_path, compressed=True)
     plain = tmp_path / "plain"
     write_synthetic_norb(plain)
-    gzipped, stored = (load_norb(_cfg("norb", root, *GAUSSIAN).data, CPU) for root in (tmp_path, plain))
+    gzipped, stored = (load_dataset(_cfg("norb", root, *GAUSSIAN).data, CPU) for root in (tmp_path, plain))
     assert torch.equal(gzipped.train, stored.train) and torch.equal(gzipped.test, stored.test)
 
 
@@ -141,7 +145,7 @@ def test_damaged_norb_file_gets_a_clear_error_and_is_left_alone(tmp_path, damage
         write_norb_matrix(path, np.array([0, 1, 7, 2, 3, 4], dtype="<i4"))
     before = path.read_bytes()
     with pytest.raises(DatasetInvalidError, match=message):
-        load_norb(_cfg("norb", tmp_path, *GAUSSIAN).data, CPU)
+        load_dataset(_cfg("norb", tmp_path, *GAUSSIAN).data, CPU)
     assert path.read_bytes() == before
 
 
@@ -149,10 +153,10 @@ def test_missing_norb_names_the_files_the_folder_and_the_url(tmp_path):
     write_synthetic_norb(tmp_path)
     norb_path(tmp_path, "test", "cat").unlink()
     with pytest.raises(DatasetNotFoundError) as error:
-        load_norb(_cfg("norb", tmp_path, *GAUSSIAN, "data.download=false").data, CPU)
+        load_dataset(_cfg("norb", tmp_path, *GAUSSIAN, "data.download=false").data, CPU)
     message = str(error.value)
     assert f"{tmp_path / 'smallnorb'}: missing {NORB_FILES['test']['cat'][0]}." in message
-    assert lvae.data.NORB_URL in message and "data.download=false" in message and "data.root" in message
+    assert lvae.data.norb.NORB_URL in message and "data.download=false" in message and "data.root" in message
 
 
 def test_norb_downloads_are_md5_checked_and_a_failure_leaves_nothing(tmp_path, monkeypatch):
@@ -171,14 +175,14 @@ def test_norb_downloads_are_md5_checked_and_a_failure_leaves_nothing(tmp_path, m
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", serve)
     with pytest.raises(DatasetNotFoundError, match="training-dat.mat.gz arrived damaged: checksum [0-9a-f]{32}, "
                                                    "expected 66054832f9accfe74a0f4c36a75bc0a2"):
-        load_norb(_cfg("norb", tmp_path / "root", *GAUSSIAN).data, CPU)
-    assert requested == [f"{lvae.data.NORB_URL}{NORB_FILES['train']['dat'][0]}.gz"]
+        load_dataset(_cfg("norb", tmp_path / "root", *GAUSSIAN).data, CPU)
+    assert requested == [f"{lvae.data.norb.NORB_URL}{NORB_FILES['train']['dat'][0]}.gz"]
     assert not (tmp_path / "root").exists(), "no damaged file, no empty folder"
     # With the served files' own checksums the four downloads are accepted.
-    files = {split: {what: (name, lvae.data._digest(served / "smallnorb" / f"{name}.gz", "md5"))
+    files = {split: {what: (name, lvae.data.files.digest(served / "smallnorb" / f"{name}.gz", "md5"))
                      for what, (name, _) in kinds.items()} for split, kinds in NORB_FILES.items()}
-    monkeypatch.setattr(lvae.data, "NORB_FILES", files)
-    assert load_norb(_cfg("norb", tmp_path / "root", *GAUSSIAN).data, CPU).train.shape == (12, 1024)
+    monkeypatch.setattr(lvae.data.norb, "NORB_FILES", files)
+    assert load_dataset(_cfg("norb", tmp_path / "root", *GAUSSIAN).data, CPU).train.shape == (12, 1024)
     assert len(requested) == 5 and not list((tmp_path / "root").rglob("*.part"))
 
 

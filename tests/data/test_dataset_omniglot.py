@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import lvae.data
+import lvae.data.omniglot
 from lvae.run.config import validate
-from lvae.data import DatasetInvalidError, DatasetNotFoundError, load_omniglot
+from lvae.data import load_dataset
+from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
 from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg
@@ -60,7 +62,7 @@ def test_chardata_orientation_counts_values_and_labels(tmp_path):
     written = write_synthetic_omniglot(tmp_path)
     cfg = _cfg("omniglot", tmp_path)
     validate(cfg)
-    data = load_omniglot(cfg.data, CPU)
+    data = load_dataset(cfg.data, CPU)
     assert data.train.shape == (12, 784) and data.test.shape == (6, 784)
     images = data.train.view(-1, 28, 28).double()
     brightness = images.amax(dim=(1, 2))
@@ -73,16 +75,16 @@ def test_chardata_orientation_counts_values_and_labels(tmp_path):
     assert data.train.min() >= 0 and data.train.max() <= 1 and not data.already_binary
     assert set(data.test.unique().tolist()) <= {0.0, 1.0}, "the test set is binarized once"
     assert data.binarize and data.bits_per_dim(-math.log(2) * 784) == pytest.approx(1.0)
-    again = load_omniglot(cfg.data, CPU)
+    again = load_dataset(cfg.data, CPU)
     assert torch.equal(data.train, again.train) and torch.equal(data.test, again.test), "a fixed order and draw"
 
 
 def test_missing_chardata_names_the_file_the_folder_and_the_url(tmp_path):
     with pytest.raises(DatasetNotFoundError) as error:
-        load_omniglot(_cfg("omniglot", tmp_path, "data.download=false").data, CPU)
+        load_dataset(_cfg("omniglot", tmp_path, "data.download=false").data, CPU)
     message = str(error.value)
     assert f"{tmp_path / 'omniglot'} (no such folder): missing chardata.mat" in message
-    assert lvae.data.OMNIGLOT_URL in message and "data.download=false" in message and "data.root" in message
+    assert lvae.data.omniglot.OMNIGLOT_URL in message and "data.download=false" in message and "data.root" in message
 
 
 def test_offline_download_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
@@ -93,7 +95,7 @@ def test_offline_download_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
     with pytest.raises(DatasetNotFoundError, match=r"The download failed \(OSError: no network\)"):
-        load_omniglot(_cfg("omniglot", tmp_path / "root").data, CPU)
+        load_dataset(_cfg("omniglot", tmp_path / "root").data, CPU)
     assert not (tmp_path / "root").exists(), "no empty folder is left behind"
 
 
@@ -104,19 +106,19 @@ def test_download_is_checked_against_the_iwae_repository(tmp_path, monkeypatch):
     fixture = tmp_path / "served" / "omniglot" / "chardata.mat"
 
     def serve(url, root, filename=None, md5=None):
-        assert url == lvae.data.OMNIGLOT_URL and filename == "chardata.mat.part"
+        assert url == lvae.data.omniglot.OMNIGLOT_URL and filename == "chardata.mat.part"
         Path(root).mkdir(parents=True, exist_ok=True)  # as download_url does
         (Path(root) / filename).write_bytes(fixture.read_bytes())
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", serve)
     folder = tmp_path / "root" / "omniglot"
     with pytest.raises(DatasetNotFoundError, match="chardata.mat arrived damaged: checksum [0-9a-f]{40}, expected "
-                                                   f"{lvae.data.OMNIGLOT_GIT_BLOB}"):
-        load_omniglot(_cfg("omniglot", tmp_path / "root").data, CPU)
+                                                   f"{lvae.data.omniglot.OMNIGLOT_GIT_BLOB}"):
+        load_dataset(_cfg("omniglot", tmp_path / "root").data, CPU)
     assert not folder.exists(), "neither the damaged download nor its folder is kept"
     # The same bytes are accepted when they are the repository's (git's blob id of the served file).
-    monkeypatch.setattr(lvae.data, "OMNIGLOT_GIT_BLOB", lvae.data._git_blob_id(fixture))
-    assert load_omniglot(_cfg("omniglot", tmp_path / "root").data, CPU).train.shape == (12, 784)
+    monkeypatch.setattr(lvae.data.omniglot, "OMNIGLOT_GIT_BLOB", lvae.data.omniglot._git_blob_id(fixture))
+    assert load_dataset(_cfg("omniglot", tmp_path / "root").data, CPU).train.shape == (12, 784)
     assert sorted(path.name for path in folder.iterdir()) == ["chardata.mat"]
 
 
@@ -143,7 +145,7 @@ def test_damaged_chardata_gets_a_clear_error_and_is_left_alone(tmp_path, damage,
                        **extra)
     before = path.read_bytes()
     with pytest.raises(DatasetInvalidError, match=f"chardata.mat is not a valid OMNIGLOT chardata.mat file.*{message}"):
-        load_omniglot(_cfg("omniglot", tmp_path).data, CPU)
+        load_dataset(_cfg("omniglot", tmp_path).data, CPU)
     assert path.read_bytes() == before
 
 

@@ -13,17 +13,13 @@ import pytest
 import torch
 
 import lvae.data
+import lvae.data.idx
 from lvae.run.config import ConfigError, compose_config, validate
-from lvae.data import (
-    DatasetInvalidError,
-    DatasetNotFoundError,
-    ImageData,
-    bits_per_dim,
-    load_binarized_mnist,
-    load_dataset,
-    load_fashion_mnist,
-)
+from lvae.data import load_dataset
+from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
+from lvae.data.images import ImageData, bits_per_dim
 from lvae.run.train import run
+from tests.helpers.tiny_run import tiny_run
 
 from ..helpers.datasets import write_amat, write_idx_gz, write_synthetic_binarized_mnist, write_synthetic_idx_dataset
 
@@ -45,7 +41,7 @@ def _pixels(path: Path) -> torch.Tensor:
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     """The Debian folder of Fashion-MNIST pointed at an empty place, whatever this machine has installed."""
-    monkeypatch.setattr(lvae.data, "DEBIAN_FASHION_MNIST", tmp_path / "debian-absent")
+    monkeypatch.setattr(lvae.data.idx, "DEBIAN_FASHION_MNIST", tmp_path / "debian-absent")
     return tmp_path / "debian-absent"
 
 
@@ -54,7 +50,7 @@ def no_debian(monkeypatch, tmp_path):
 
 def test_fashion_mnist_reads_gzipped_idx_from_the_root(tmp_path, no_debian):
     raw = write_synthetic_idx_dataset(tmp_path / "data" / "FashionMNIST" / "raw")
-    data = load_fashion_mnist(_cfg("fashion_mnist", tmp_path / "data").data, CPU)
+    data = load_dataset(_cfg("fashion_mnist", tmp_path / "data").data, CPU)
     assert data.train.shape == (40, 784) and data.test.shape == (24, 784)
     assert torch.equal(data.train * 255, _pixels(raw / "train-images-idx3-ubyte.gz").view(40, 784).float())
     assert torch.equal(data.train_labels, _pixels(raw / "train-labels-idx1-ubyte.gz").long())
@@ -63,22 +59,22 @@ def test_fashion_mnist_reads_gzipped_idx_from_the_root(tmp_path, no_debian):
 
 def test_fashion_mnist_reads_plain_idx_too(tmp_path, no_debian):
     write_synthetic_idx_dataset(tmp_path / "FashionMNIST" / "raw", compressed=False)
-    assert load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU).train.shape == (40, 784)
+    assert load_dataset(_cfg("fashion_mnist", tmp_path).data, CPU).train.shape == (40, 784)
 
 
 def test_fashion_mnist_falls_back_to_the_debian_folder_and_prefers_the_root(tmp_path, monkeypatch):
     debian = write_synthetic_idx_dataset(tmp_path / "debian", n_train=20, seed=1)
-    monkeypatch.setattr(lvae.data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(lvae.data.idx, "DEBIAN_FASHION_MNIST", debian)
     empty_root = tmp_path / "empty"
-    data = load_fashion_mnist(_cfg("fashion_mnist", empty_root, "data.download=false").data, CPU)
+    data = load_dataset(_cfg("fashion_mnist", empty_root, "data.download=false").data, CPU)
     assert len(data.train) == 20, "read from the Debian folder"
     write_synthetic_idx_dataset(tmp_path / "root" / "FashionMNIST" / "raw", n_train=30, seed=2)
-    assert len(load_fashion_mnist(_cfg("fashion_mnist", tmp_path / "root").data, CPU).train) == 30, "data.root first"
+    assert len(load_dataset(_cfg("fashion_mnist", tmp_path / "root").data, CPU).train) == 30, "data.root first"
 
 
 def test_missing_fashion_mnist_says_where_it_looked(tmp_path, no_debian):
     with pytest.raises(DatasetNotFoundError) as error:
-        load_fashion_mnist(_cfg("fashion_mnist", tmp_path, "data.download=false").data, CPU)
+        load_dataset(_cfg("fashion_mnist", tmp_path, "data.download=false").data, CPU)
     message = str(error.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in message and str(no_debian) in message
     assert "train-images-idx3-ubyte" in message and "data.download=false" in message
@@ -93,7 +89,7 @@ def test_failed_fashion_mnist_download_is_reported(tmp_path, no_debian, monkeypa
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DatasetNotFoundError, match="The download failed \\(OSError: no network\\)"):
-        load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("fashion_mnist", tmp_path).data, CPU)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -113,7 +109,7 @@ def test_damaged_fashion_mnist_file_gets_a_clear_error(tmp_path, no_debian, dama
         path.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + content[4:]))
     before = path.read_bytes()
     with pytest.raises(DatasetInvalidError, match=f"t10k-images-idx3-ubyte.gz is not a valid IDX file .*{message}"):
-        load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("fashion_mnist", tmp_path).data, CPU)
     assert path.read_bytes() == before, "a damaged file is reported, never overwritten"
 
 
@@ -121,17 +117,17 @@ def test_fashion_mnist_labels_out_of_range_or_counts_that_differ_are_refused(tmp
     raw = write_synthetic_idx_dataset(tmp_path / "FashionMNIST" / "raw")
     write_idx_gz(raw / "train-labels-idx1-ubyte.gz", torch.full((40,), 12))
     with pytest.raises(DatasetInvalidError, match="do not fit together"):
-        load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("fashion_mnist", tmp_path).data, CPU)
     write_idx_gz(raw / "train-labels-idx1-ubyte.gz", torch.zeros(39))
     with pytest.raises(DatasetInvalidError, match=r"images \(40, 28, 28\), labels \(39,\)"):
-        load_fashion_mnist(_cfg("fashion_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("fashion_mnist", tmp_path).data, CPU)
 
 
 def test_real_fashion_mnist_from_the_debian_package():
-    if not (lvae.data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not installed in {lvae.data.DEBIAN_FASHION_MNIST} "
+    if not (lvae.data.idx.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST not installed in {lvae.data.idx.DEBIAN_FASHION_MNIST} "
                     "(apt-get install dataset-fashion-mnist)")
-    data = load_fashion_mnist(_cfg("fashion_mnist", "/nonexistent", "data.download=false").data, CPU)
+    data = load_dataset(_cfg("fashion_mnist", "/nonexistent", "data.download=false").data, CPU)
     assert data.train.shape == (60000, 784) and data.test.shape == (10000, 784)
     assert torch.equal(data.train_labels.bincount(), torch.full((10,), 6000))
     assert torch.equal(data.test_labels.bincount(), torch.full((10,), 1000))
@@ -145,7 +141,7 @@ def test_binarized_mnist_is_read_as_stored_and_never_rebinarized(tmp_path):
     written = write_synthetic_binarized_mnist(tmp_path)
     cfg = _cfg("binarized_mnist", tmp_path)
     validate(cfg)  # likelihood=bernoulli with data.binarize=false: fine for already binary data
-    data = load_binarized_mnist(cfg.data, CPU)
+    data = load_dataset(cfg.data, CPU)
     assert data.already_binary and not data.binarize
     assert torch.equal(data.train, torch.cat([written["train"], written["valid"]]).float()), "merge_valid: true"
     assert torch.equal(data.test, written["test"].float())
@@ -160,7 +156,7 @@ def test_binarized_mnist_is_read_as_stored_and_never_rebinarized(tmp_path):
 
 def test_binarized_mnist_without_valid_trains_on_train_only(tmp_path):
     written = write_synthetic_binarized_mnist(tmp_path)
-    data = load_binarized_mnist(_cfg("binarized_mnist", tmp_path, "data.merge_valid=false").data, CPU)
+    data = load_dataset(_cfg("binarized_mnist", tmp_path, "data.merge_valid=false").data, CPU)
     assert torch.equal(data.train, written["train"].float())
 
 
@@ -190,14 +186,14 @@ def test_damaged_amat_gets_a_clear_error(tmp_path, damage, message):
         lines = []
     path.write_text("".join(lines))
     with pytest.raises(DatasetInvalidError, match=message):
-        load_binarized_mnist(_cfg("binarized_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("binarized_mnist", tmp_path).data, CPU)
 
 
 def test_missing_binarized_mnist_says_where_it_looked(tmp_path):
     (tmp_path / "binarized_mnist").mkdir()
     write_amat(tmp_path / "binarized_mnist" / "binarized_mnist_train.amat", torch.zeros(2, 784))
     with pytest.raises(DatasetNotFoundError) as error:
-        load_binarized_mnist(_cfg("binarized_mnist", tmp_path, "data.download=false").data, CPU)
+        load_dataset(_cfg("binarized_mnist", tmp_path, "data.download=false").data, CPU)
     message = str(error.value)
     assert str(tmp_path / "binarized_mnist") in message
     assert "binarized_mnist_valid.amat, binarized_mnist_test.amat" in message and "train.amat," not in message
@@ -212,7 +208,7 @@ def test_binarized_mnist_download_goes_through_a_part_file(tmp_path, monkeypatch
         write_amat(Path(root) / filename, torch.ones(3, 784))
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download)
-    data = load_binarized_mnist(_cfg("binarized_mnist", tmp_path).data, CPU)
+    data = load_dataset(_cfg("binarized_mnist", tmp_path).data, CPU)
     assert data.train.shape == (6, 784) and not list((tmp_path / "binarized_mnist").glob("*.part"))
 
 
@@ -224,7 +220,7 @@ def test_failed_binarized_mnist_download_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
     with pytest.raises(DatasetNotFoundError, match="The download failed \\(OSError: no network\\)"):
-        load_binarized_mnist(_cfg("binarized_mnist", tmp_path).data, CPU)
+        load_dataset(_cfg("binarized_mnist", tmp_path).data, CPU)
 
 
 # ---------------------------------------------------------------- dequantized continuous pixels, bits/dim
@@ -234,14 +230,14 @@ def test_dequantized_pixels_stay_in_their_bins_fresh_for_training_fixed_for_test
     raw = write_synthetic_idx_dataset(tmp_path / "FashionMNIST" / "raw")
     cfg = _cfg("fashion_mnist", tmp_path, *CONTINUOUS)
     validate(cfg)
-    data = load_fashion_mnist(cfg.data, CPU)
+    data = load_dataset(cfg.data, CPU)
     train_pixels = _pixels(raw / "train-images-idx3-ubyte.gz").view(40, 784).float()
     test_pixels = _pixels(raw / "t10k-images-idx3-ubyte.gz").view(24, 784).float()
     assert data.dequantize and torch.equal(data.train * 256, train_pixels)
     assert torch.equal((data.test * 256).floor(), test_pixels), "x = (pixel + u)/256 with u in [0, 1)"
     assert 0 <= data.test.min() and data.test.max() < 1
-    assert torch.equal(data.test, load_fashion_mnist(cfg.data, CPU).test), "the test noise is seeded"
-    other_seed = load_fashion_mnist(_cfg("fashion_mnist", tmp_path, *CONTINUOUS, "data.binarization_seed=1").data, CPU)
+    assert torch.equal(data.test, load_dataset(cfg.data, CPU).test), "the test noise is seeded"
+    other_seed = load_dataset(_cfg("fashion_mnist", tmp_path, *CONTINUOUS, "data.binarization_seed=1").data, CPU)
     assert not torch.equal(data.test, other_seed.test)
     order = torch.arange(40)
     first, second = data.train_batch(order, 0, 40), data.train_batch(order, 0, 40)
@@ -292,9 +288,7 @@ def test_image_data_knows_its_scale():
 # ---------------------------------------------------------------- one tiny run per dataset
 
 
-TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[16,8]", "model.latent_sizes=[4,2]", "train.batch_size=8",
-        "train.epochs=1", "warmup_epochs=0", "eval.iw_samples=4", "eval.train_subset=8", "eval.analyze=false",
-        "device=cpu", "train.progress=false")
+TINY = tiny_run("train.batch_size=8", "warmup_epochs=0", "eval.iw_samples=4", "eval.train_subset=8")  # tiny files
 
 
 @pytest.mark.parametrize("name, extra", [

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lvae.run.config import compose_config
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.evaluate import evaluate_model
 from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
 from lvae.run.settings import eval_settings

@@ -2,7 +2,7 @@
 
 A change to what a run computes (a density, a model, a bound, the evaluation, the data
 pipeline, the optimiser, a default) changes these numbers. That is allowed on purpose
-only: bump NUMERICS_VERSION in lvae/provenance.py with the reason and add the new
+only: bump NUMERICS_VERSION in lvae/run/provenance.py with the reason and add the new
 numbers here under the new version. Stored results of another version are then marked
 in reports and by `train.py` instead of being taken for this code's.
 """
@@ -50,5 +50,5 @@ def test_the_numbers_are_those_of_the_numerics_version(synthetic_mnist, tmp_path
     # Six significant digits: another CPU's vector units may round the last ones differently; any change
     # to what a run computes moves these numbers far more.
     assert numbers == {key: pytest.approx(value, rel=1e-5) for key, value in expected.items()}, (
-        f"the numbers changed: {numbers}. If on purpose, bump NUMERICS_VERSION (lvae/provenance.py) with the "
+        f"the numbers changed: {numbers}. If on purpose, bump NUMERICS_VERSION (lvae/run/provenance.py) with the "
         "reason, and pin these numbers under it.")

@@ -8,7 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lvae.run.config import ConfigError, compose_config, validate
-from lvae.data import ImageData, SubsetError, fixed_permutation, load_mnist
+from lvae.data import load_dataset
+from lvae.data.errors import SubsetError
+from lvae.data.images import ImageData, fixed_permutation
 from lvae.core.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
 from lvae.core.models import build_model
 from lvae.run.settings import eval_settings
@@ -134,7 +136,7 @@ def test_intensity_scale_divides_the_grey_levels(synthetic_mnist):
         cfg = compose_config(f"data.root={synthetic_mnist}", "data.binarize=false", "likelihood=gaussian",
                              *overrides)
         validate(cfg)
-        return load_mnist(cfg.data, torch.device("cpu"))
+        return load_dataset(cfg.data, torch.device("cpu"))
 
     default, authors = load(), load("data.intensity_scale=256")
     assert default.train.max() > 0.99

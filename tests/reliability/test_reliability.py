@@ -24,7 +24,8 @@ import lvae.run.train
 from lvae.run.checkpoint import CheckpointError, load_checkpoint
 from lvae.run.folder import RunDirBusy, atomic_write, hold_run_dir
 from lvae.run.config import ConfigError, compose_config, validate
-from lvae.data import DatasetInvalidError, load_mnist
+from lvae.data import load_dataset
+from lvae.data.errors import DatasetInvalidError
 from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.train import run
 
@@ -312,7 +313,7 @@ def test_damaged_dataset_file_gets_a_clear_error(synthetic_mnist, damage):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00\x00\x99\x99" + data[4:])
     with pytest.raises(DatasetInvalidError, match="train-images-idx3-ubyte is not a valid IDX file"):
-        load_mnist(compose_config(f"data.root={synthetic_mnist}").data, torch.device("cpu"))
+        load_dataset(compose_config(f"data.root={synthetic_mnist}").data, torch.device("cpu"))
 
 
 def test_run_comparison_sees_a_single_changed_parameter(two_epochs, tmp_path):

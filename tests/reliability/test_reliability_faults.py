@@ -34,7 +34,7 @@ from lvae.run.folder import hold_run_dir
 from lvae.run.logs import RunLogFile
 from lvae.cli.train_command import EXIT_BAD_INPUT, check_command_line
 from lvae.run.config import ConfigError, compose_config, validate
-from lvae.data import DatasetNotFoundError
+from lvae.data.errors import DatasetNotFoundError
 from lvae.report.runs import find_runs
 from lvae.run.outcomes import RunFailed, StopRequest, divergence_floor
 from lvae.run.train import run

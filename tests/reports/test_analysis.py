@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.core.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze
 from lvae.cli.analyze import main
 from lvae.run.config import compose_config

@@ -15,10 +15,9 @@ from lvae.cli.report import main as report_main
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_record
 from lvae.run.stored import RunDirError, check_run_dir
 from lvae.run.train import run
+from tests.helpers.tiny_run import tiny_run
 
-TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
-        "train.epochs=1", "eval.iw_samples=8", "eval.train_subset=32", "eval.analyze=false", "device=cpu",
-        "train.progress=false")
+TINY = tiny_run()
 
 
 @pytest.fixture

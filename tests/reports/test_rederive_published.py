@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lvae
-from lvae.data import default_data_root
+from lvae.data.files import default_data_root
 from lvae.run.record import PER_IMAGE_FILE
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "vae-vs-lvae-200epochs" / "layers=5,seed=0,variant=vae_bn_wu"

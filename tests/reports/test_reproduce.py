@@ -1,4 +1,4 @@
-"""Reproducing the paper: the presets, the budgets, the report of a sweep, the launchers, fine-tuning."""
+"""Reproducing the paper: the presets, the budgets, the report of a sweep, the launchers."""
 
 from __future__ import annotations
 
@@ -10,23 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lvae.run.checkpoint import CheckpointError, load_checkpoint
-from lvae.run.config import CONFIG_DIR, ConfigError, compose_config
-from lvae.run.finetune import learning_rate, load_initial_weights
-from lvae.core.models import build_model
+from lvae.run.config import CONFIG_DIR, compose_config
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.cli.report import main as report_main
 from lvae.report.paper_numbers import BUDGET_KEYS
 from lvae.report.runs import collect_runs
 from lvae.cli.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs, estimate_run,
                              main as reproduce_main)
-from lvae.run.settings import model_spec
 from lvae.run.sweep import expand_overrides, sweep_jobs
-from lvae.run.train import run
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
@@ -232,6 +226,7 @@ def _launched_by_submitit(result: subprocess.CompletedProcess, sweep: Path) -> b
     return any((sweep / ".submitit").glob("*/*_result.pkl"))
 
 
+@pytest.mark.slow  # starts sweeps of processes
 @pytest.mark.parametrize("launcher, launched", [
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], _launched_by_joblib),
     (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"], _launched_by_submitit),
@@ -256,50 +251,6 @@ def test_reproduce_estimates_runs_and_reports(tmp_path, monkeypatch, capsys):
     assert "| VAE |" in results and "(n=2)" in results
     run_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert len(run_dirs) == 2 and "seed=0" in run_dirs[0] and "seed=1" in run_dirs[1]
-
-
-# --- Fine-tuning --------------------------------------------------------------------------------
-
-def test_learning_rate_decays_by_epoch():
-    cfg = compose_config("train.lr=0.5", "train.lr_decay=0.5")
-    assert [learning_rate(cfg.train, epoch) for epoch in range(3)] == [0.5, 0.25, 0.125]
-    assert learning_rate(compose_config().train, 7) == compose_config().train.lr
-
-
-def _base_run(synthetic_mnist: Path, run_dir: Path, *overrides: str):
-    cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", *TINY, *overrides)
-    run(cfg, run_dir)
-    return cfg
-
-
-def test_initial_weights_come_from_a_completed_run_of_the_same_architecture(synthetic_mnist, tmp_path):
-    cfg = _base_run(synthetic_mnist, tmp_path / "base")
-    model = build_model(model_spec(cfg), 784)
-    load_initial_weights(model, tmp_path / "base")
-    saved = load_checkpoint(tmp_path / "base" / "checkpoint.pt")["model"]
-    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
-
-    with pytest.raises(CheckpointError, match="does not fit this model"):
-        load_initial_weights(build_model(model_spec(OmegaConf.merge(cfg, {"layers": 1})), 784), tmp_path / "base")
-    with pytest.raises(ConfigError, match="no run there"):
-        load_initial_weights(model, tmp_path / "nothing")
-    (tmp_path / "base" / "metrics.json").write_text(json.dumps({"status": "running", "epoch": 1}))
-    with pytest.raises(ConfigError, match="that run is running"):
-        load_initial_weights(model, tmp_path / "base")
-
-
-def test_a_run_with_init_from_starts_from_those_weights_and_decays_its_learning_rate(synthetic_mnist, tmp_path):
-    base = _base_run(synthetic_mnist, tmp_path / "base")
-    base_weights = load_checkpoint(tmp_path / "base" / "checkpoint.pt")["model"]
-    _base_run(synthetic_mnist, tmp_path / "finetuned", f"init_from={tmp_path / 'base'}", "train.epochs=0",
-              "warmup_epochs=0")
-    weights = load_checkpoint(tmp_path / "finetuned" / "checkpoint.pt")["model"]
-    assert all(torch.equal(weights[key], value) for key, value in base_weights.items()
-               if "running" not in key and "num_batches" not in key)  # batch-norm statistics are recomputed
-    _base_run(synthetic_mnist, tmp_path / "decayed", f"init_from={tmp_path / 'base'}", "train.epochs=3",
-              "train.lr_decay=0.5")
-    optimizer = load_checkpoint(tmp_path / "decayed" / "checkpoint.pt")["optimizer"]
-    assert optimizer["param_groups"][0]["lr"] == base.train.lr * 0.25
 
 
 def test_sweep_expansion_keeps_the_basic_sweepers_job_order():

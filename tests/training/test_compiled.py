@@ -1,4 +1,4 @@
-"""Compiled and eager runs compute the same numbers (lvae/compiling.py).
+"""Compiled and eager runs compute the same numbers (lvae/core/compiling.py).
 
 Inductor draws random numbers its own way; with its `fallback_random` setting (used here
 only) it draws them as eager torch does, so that a compiled step can be compared with the
@@ -16,7 +16,7 @@ from torch._inductor import config as inductor_config
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, compiled, use_compile
 from lvae.run.config import compose_config
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.evaluate import evaluate_model
 from lvae.core.models import build_model
 from lvae.run.settings import eval_settings

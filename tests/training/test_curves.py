@@ -10,15 +10,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lvae.core.evaluate import curve_point, fold_batchnorm, iw_log_likelihood
+from lvae.core.models import build_model
+from lvae.data.images import ImageData
+from lvae.run.settings import curve_settings, model_spec
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import ConfigError, compose_config, validate
 from lvae.core.evaluate import CURVE_POINTS, curve_interval
 from lvae.run.record import is_complete_for
 from lvae.run.train import run
+from tests.helpers.tiny_run import tiny_run
 
-TINY = ("model=lvae", "layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=16",
-        "warmup_epochs=2", "eval.iw_samples=8", "eval.train_subset=32", "eval.analyze=false", "device=cpu",
-        "train.progress=false", "eval.curve_iw_samples=8", "eval.curve_images=24")
+TINY = tiny_run("warmup_epochs=2", "eval.curve_iw_samples=8", "eval.curve_images=24")
 
 
 def test_the_default_gives_about_twenty_points_and_none_to_short_runs():
@@ -59,3 +62,25 @@ def test_curves_are_recorded_at_their_epochs_and_change_nothing_in_training(synt
 
     # Curve settings change no end-of-run number: the finished run stays complete for other values.
     assert is_complete_for(tmp_path / "curves", compose_config(*TINY, data, "train.epochs=5", "eval.curve_every=0"))
+
+
+def test_a_curve_points_test_bound_is_the_k_sample_bound_with_the_configured_k():
+    """The point's test bound is log p(x) estimated with eval.curve_iw_samples samples on its images, each
+    with its own noise: exactly what iw_log_likelihood gives for that K, and not what another K gives."""
+    cfg = compose_config(*TINY, "eval.curve_iw_samples=16", "eval.curve_images=12")
+    settings = curve_settings(cfg)
+    assert (settings.iw_samples, settings.images) == (16, 12)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(40, 784, generator=generator)
+    data = ImageData(pixels[:24], torch.zeros(24), pixels[24:], torch.zeros(16), binarize=True)
+    data.test = data.draw(data.test, generator)
+    model = build_model(model_spec(cfg), 784).eval()
+    point = curve_point(model, data, settings)
+    indices, images = data.test_sample(12)
+    folded = fold_batchnorm(model)
+
+    def bound(k: int) -> float:
+        return iw_log_likelihood(folded, images, k, settings.memory_budget_mb, indices=indices, seed=cfg.seed).mean().item()
+
+    assert point["test_bound"] == bound(16) and point["iw_samples"] == 16
+    assert point["test_bound"] not in (bound(1), bound(64))

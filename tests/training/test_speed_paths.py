@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lvae.run.config import compose_config
-from lvae.data import ImageData
+from lvae.data.images import ImageData
 from lvae.core.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
                          merge_separate_head_maps)
 from lvae.run.provenance import NUMERICS_VERSION
@@ -129,7 +129,7 @@ def test_binarization_has_the_pixel_probabilities():
 
 
 def test_binarization_is_fixed_by_the_rng_state():
-    """A resumed run restores the global RNG state (lvae/checkpoint.py), so it draws the same pixels."""
+    """A resumed run restores the global RNG state (lvae/run/checkpoint.py), so it draws the same pixels."""
     data = binarizing(torch.rand(64, D))
     order = torch.arange(64)
     state = torch.get_rng_state()

@@ -8,9 +8,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from tests.helpers.tiny_run import TINY_MODEL
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
-from lvae.data import ImageData, load_mnist
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
 from lvae.core.evaluate import iw_log_likelihood
 from lvae.core.models import build_model
 from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
@@ -71,7 +73,7 @@ def test_a_composed_run_writes_metrics_checkpoint_config_and_tensorboard(synthet
     model = build_model(model_spec(cfg), 784).to(device)
     model.load_state_dict(checkpoint["model"])
     # The checkpoint alone reproduces the estimate (batch-norm statistics included).
-    data = load_mnist(cfg.data, device)
+    data = load_dataset(cfg.data, device)
     reloaded = iw_log_likelihood(model, data.test, 64, memory_budget_mb=1).mean().item()
     assert abs(reloaded - ll["mean"]) < 3 * ll["stderr"]
 
@@ -115,20 +117,21 @@ def test_gaussian_output_on_continuous_pixels_runs_end_to_end(synthetic_mnist, t
 
 def test_element_wise_gradient_clip_is_applied_after_the_norm_clip(monkeypatch, synthetic_mnist):
     """train.grad_clip_value (the authors' ±0.9) clips each entry after the total-norm clip; off by default."""
-    from lvae.data import load_dataset
-
     calls = []
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(value))
-    for value, expected in ((None, []), (0.9, [0.9, 0.9])):  # 96 images, batches of 48: two steps
-        calls.clear()
-        cfg = compose_config(f"data.root={synthetic_mnist}", "layers=2", "model.hidden_sizes=[16,8]",
-                             "model.latent_sizes=[4,2]", "train.batch_size=48", "train.epochs=1",
-                             f"train.grad_clip_value={'null' if value is None else value}", "train.progress=false")
+    real_norm_clip = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: calls.append(("value", value)))
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_",
+                        lambda *args, **kwargs: calls.append(("norm",)) or real_norm_clip(*args, **kwargs))
+    for value, per_step in ((None, [("norm",)]), (0.9, [("norm",), ("value", 0.9)])):
+        calls.clear()  # a norm limit that every gradient exceeds: the norm clip runs at each of the two steps
+        cfg = compose_config(f"data.root={synthetic_mnist}", *TINY_MODEL, "train.batch_size=48", "train.epochs=1",
+                             "train.grad_clip_norm=1e-6", f"train.grad_clip_value={'null' if value is None else value}",
+                             "train.progress=false")
         data = load_dataset(cfg.data, torch.device("cpu"))
         model = build_model(model_spec(cfg), data.dim)
         with SummaryWriter(str(synthetic_mnist / f"tensorboard_{value}")) as writer:
             train_model(model, torch.optim.Adam(model.parameters()), data, cfg, writer)
-        assert calls == expected
+        assert calls == per_step * 2  # 96 images, batches of 48
 
 
 def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnist, tmp_path):
@@ -145,7 +148,7 @@ def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnis
 
 
 @pytest.mark.parametrize("script, recorded", [
-    (str(REPO_ROOT / "lvae" / "cli.py"), "lvae/cli.py"),  # python -m lvae.cli, or a worktree's absolute path
+    (str(REPO_ROOT / "lvae" / "cli" / "__main__.py"), "lvae/cli/__main__.py"),  # python -m lvae.cli, or a worktree's absolute path
     ("train.py", "train.py"),
     ("/elsewhere/train.py", "/elsewhere/train.py"),
 ])
