@@ -200,7 +200,8 @@ def active_units_verdict(paper: Paper) -> Verdict:
     for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:]):
         pairs = [(x, y) for x, y in seed_pairs(paper.cell(a), paper.cell(b))
                  if "active_units" in x.metrics and "active_units" in y.metrics]
-        parts.append(count_verdict(pairs, total, f"active units (KL criterion, all layers, L={paper.layers}), {a} -> {b}",
+        what = f"active units (KL criterion, all layers, L={paper.layers}), {a} -> {b}"
+        parts.append(count_verdict(pairs, total, what,
                                    paper.fig3_not_run(f"{a} -> {b}", [(a, paper.layers), (b, paper.layers)])))
     return all_of(parts)
 

@@ -109,9 +109,8 @@ def plot_kl_per_layer_bars(kl_by_run: dict[str, tuple[list[list[float]], list[li
     ax.set_ylabel("KL term, nats per test image (log scale)")
     ax.legend(fontsize=8)
     seeds = seeds_title([len(means) for means, _ in kl_by_run.values()])
-    figure.suptitle(f"KL per layer at the end of training ({seeds}"
-                    f"{': the mean ± its standard error over the seeds, each seed a dot' if 'seeds' in seeds else ''})",
-                    fontsize=12)
+    several = ": the mean ± its standard error over the seeds, each seed a dot" if "seeds" in seeds else ""
+    figure.suptitle(f"KL per layer at the end of training ({seeds}{several})", fontsize=12)
     figure.savefig(path, dpi=120)
 
 

@@ -86,7 +86,8 @@ class Verdict:
     parts: tuple["Verdict", ...] = ()  # a claim made of several parts: each part's verdict
 
     def summary(self) -> str:
-        """The word, and for a claim of parts how many parts have each word: "not supported (1 not supported, 2 not run)"."""
+        """The word, and for a claim of parts how many parts have each word:
+        "not supported (1 not supported, 2 not run)"."""
         if not self.parts:
             return self.word
         counts = {word: sum(part.word == word for part in self.parts) for word in (*reversed(MEASURED), *MISSING,
@@ -100,7 +101,8 @@ class Verdict:
                           *(f"- {part.word}: {part.because}" for part in self.parts)])
 
 
-def better_verdict(d: Optional[Difference], what: str, missing: Optional[Verdict] = None, unit: str = "nats") -> Verdict:
+def better_verdict(d: Optional[Difference], what: str, missing: Optional[Verdict] = None,
+                   unit: str = "nats") -> Verdict:
     """`what` (b better than a) from the difference b - a under the rule; `missing` when there is no difference."""
     if d is None:
         return missing or Verdict(NOT_RUN, f"{what}: the runs are missing, unfinished, or scored other test images")

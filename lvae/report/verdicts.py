@@ -24,6 +24,7 @@ not supported, contradicted, not run, not testable at this budget; descriptive n
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -113,10 +114,11 @@ def other_datasets_table(paper: Paper) -> list[str]:
     return lines
 
 
-def analyze_deep_runs(paper: Paper, out_dir: Path) -> tuple[Optional[dict], str]:
+def analyze_deep_runs(paper: Paper, out_dir: Path, previous: Path) -> tuple[Optional[dict], str]:
     """lvae.cli.analyze on the deepest runs of each variant that have weights (the first seed that has them) into
-    out_dir, and a sentence on what was analysed. Runs published without weights keep the analysis.json that
-    out_dir holds from when their checkpoints were there, if it names the same runs; else (None, "")."""
+    out_dir, and a sentence on what was analysed. Runs published without weights keep the analysis that
+    `previous` (the analysis/ folder this one replaces) holds from when their checkpoints were there, if it
+    names the same runs; else (None, "")."""
     run_dirs = []
     for runs in paper.deep_runs().values():
         for run in runs:
@@ -127,7 +129,7 @@ def analyze_deep_runs(paper: Paper, out_dir: Path) -> tuple[Optional[dict], str]
             run_dirs.append(run.run_dir)
             break
     if not run_dirs:
-        return kept_analysis(paper, out_dir)
+        return kept_analysis(paper, previous, out_dir)
     subset = completed(paper.cell(LVAE)) or [r for runs in paper.deep_runs().values() for r in runs]
     test_images = subset[0].metrics["test_log_likelihood"]["images"]
     analysis = analyze_runs(run_dirs, out_dir, AnalysisSettings(test_subset=test_images), device="cpu")
@@ -138,14 +140,17 @@ def analysis_seeds(analysis: dict) -> str:
     return ", ".join(f"{name} seed {run['seed']}" for name, run in analysis["runs"].items())
 
 
-def kept_analysis(paper: Paper, out_dir: Path) -> tuple[Optional[dict], str]:
-    """The analysis.json already in out_dir, when it names exactly the deep runs' variants (see analyze_deep_runs)."""
+def kept_analysis(paper: Paper, previous: Path, out_dir: Path) -> tuple[Optional[dict], str]:
+    """The analysis in `previous`, copied into out_dir when that is another folder, when its analysis.json names
+    exactly the deep runs' variants (see analyze_deep_runs)."""
     try:
-        analysis = json.loads((out_dir / ANALYSIS_FILE).read_text())
+        analysis = json.loads((previous / ANALYSIS_FILE).read_text())
     except (OSError, ValueError):
         return None, ""
     if set(analysis["runs"]) != {f"{row} L{paper.layers}" for row in paper.deep_runs()}:
         return None, ""
+    if previous.resolve() != out_dir.resolve():
+        shutil.copytree(previous, out_dir, dirs_exist_ok=True)
     return analysis, (f"The runs analysed: {analysis_seeds(analysis)}; written when their checkpoints were there "
                       "(the published runs hold no weights), and kept.")
 
@@ -207,8 +212,10 @@ def distinct_runs(records: list[RunRecord]) -> list[RunRecord]:
     return distinct
 
 
-def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -> Path:
-    """Every analysis of the module's docstring for `records` into out_dir; returns index.md's path."""
+def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True,
+                previous: Optional[Path] = None) -> Path:
+    """Every analysis of the module's docstring for `records` into out_dir; returns index.md's path. previous:
+    the folder that out_dir replaces (default out_dir itself), whose analysis/ is kept for runs without weights."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = distinct_runs(records)
     grid = build_grid(records)
@@ -217,13 +224,15 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
     deviations = budget_deviations([r.setting for r in records if r.setting and "model.name" in r.setting])
     draw_figures(paper, out_dir)
     write_report(records, out_dir / "fig3")
-    analysis, analysed = analyze_deep_runs(paper, out_dir / "analysis") if analyze else (None, "")
+    analysis, analysed = (analyze_deep_runs(paper, out_dir / "analysis", (previous or out_dir) / "analysis")
+                          if analyze else (None, ""))
     seeds = len(paper.seeds)
 
     def figure(name: str, caption: str) -> list[str]:
         return [f"![{caption}]({name})", ""] if (out_dir / name).exists() else [f"({caption}: nothing to draw)", ""]
 
     every_seed = f"every seed of the {seeds}: the mean, each seed faint" if seeds > 1 else "one seed"
+    kl_bars = f"the mean over {seeds} seeds, each a dot" if seeds > 1 else "one seed"
     fig3_points = (f"each point the mean over the {seeds} seeds ± their standard deviation" if seeds > 1
                    else "one seed: no error bars")
     sections = [
@@ -236,7 +245,7 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
         (f"3. Active units per layer (L={paper.layers})", "active", [*active_units_table(paper), ""],
          active_units_verdict(paper)),
         ("4. KL per layer at the end of training", "kl_layer",
-         figure("kl_per_layer.png", f"KL per layer, {'the mean over ' + str(seeds) + ' seeds, each a dot' if seeds > 1 else 'one seed'}"),
+         figure("kl_per_layer.png", f"KL per layer, {kl_bars}"),
          kl_per_layer_verdict(paper)),
         ("5. KL per unit during training", "kl_unit",
          figure("kl_per_unit.png", f"log KL per unit, a panel per run ({seeds} seed{'s' if seeds > 1 else ''})"),

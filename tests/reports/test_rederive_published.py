@@ -13,7 +13,8 @@ import lvae
 from lvae.data.files import default_data_root
 from lvae.run.record import PER_IMAGE_FILE
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "vae-vs-lvae-200epochs" / "layers=5,seed=0,variant=vae_bn_wu"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+PUBLISHED = RESULTS / "vae-vs-lvae-200epochs" / "layers=5,seed=0,variant=vae_bn_wu"
 IMAGES = 16  # one chunk's group of images (lvae.core.evaluate.IMAGE_GROUP): 16 images at K=5000, about 25 s on a CPU
 TOLERANCE = 1e-3  # nats: the run folded batch norm into its linear maps (lvae.core.evaluate.evaluation_copy)
 

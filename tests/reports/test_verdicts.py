@@ -90,7 +90,8 @@ def _write_run(root: Path, variant: str, seed: int) -> None:
     lvae = variant.startswith("LVAE")
     generator = torch.Generator().manual_seed(seed)
     base = -85.0 + torch.randn(IMAGES, generator=generator, dtype=torch.float64)
-    log_px = base + (LOG_PX[seed] if lvae else 0.0) + 0.01 * torch.randn(IMAGES, generator=generator, dtype=torch.float64)
+    noise = 0.01 * torch.randn(IMAGES, generator=generator, dtype=torch.float64)
+    log_px = base + (LOG_PX[seed] if lvae else 0.0) + noise
     elbo = base - 5.0 + (ELBO[seed] if lvae else 0.0)
     upper = KL_UPPER[variant] + 0.1 * seed
     kl_active = ACTIVE_KL[variant][seed]
@@ -198,3 +199,19 @@ def test_a_run_found_twice_counts_once_and_a_kept_analysis_is_shown(tmp_path):
     assert (analysis / "pca.png").read_bytes() == b"kept"
     assert "written when their checkpoints were there" in _section(index.read_text(), 6)
     assert _headline(index.read_text(), 6) == SUPPORTED, "+20 points, binomial standard error of 500 images"
+
+
+def test_a_folder_written_elsewhere_takes_the_analysis_of_the_folder_it_replaces(tmp_path):
+    """write_paper into a fresh folder (as a command that writes beside its --out and then swaps them does)
+    copies the kept analysis/ of the folder it replaces."""
+    runs = tmp_path / "runs"
+    for variant in ("VAE+BN+WU", "LVAE+BN+WU"):
+        _write_run(runs, variant, 0)
+    old = tmp_path / "paper" / "analysis"
+    old.mkdir(parents=True)
+    (old / "pca.png").write_bytes(b"kept")
+    (old / "analysis.json").write_text(json.dumps({"test_images": 1000, "runs": {
+        name: {"seed": 0, "nearest_centroid_accuracy": [0.8, 0.2]} for name in ("VAE+BN+WU L5", "LVAE+BN+WU L5")}}))
+    index = write_paper(collect_runs([runs]), tmp_path / "writing", previous=tmp_path / "paper")
+    assert (tmp_path / "writing" / "analysis" / "pca.png").read_bytes() == b"kept"
+    assert _headline(index.read_text(), 6) == NOT_SUPPORTED, "20 % against 20 %"
