@@ -4,6 +4,9 @@ The Python face, for notebooks and scripts (no Hydra needed):
 
     run = lvae.load_run("outputs/runs/model=lvae,layers=5")  # .model (eval mode), .config, .data, .metrics
     log_px = lvae.iw_log_likelihood(run.model, run.data.test[:100], k=5000)  # (100,) float64, nats
+    stored = torch.load("outputs/runs/model=lvae,layers=5/per_image.pt")  # the run's values and test indices
+    i = stored["test_indices"][:16]  # the run's value of these 16 images again:
+    lvae.iw_log_likelihood(run.model, run.data.test[i], k=run.config.eval.iw_samples, indices=i, seed=run.config.seed)
     model = lvae.new_model("lvae", layers=3, batch_norm=False)  # untrained, the paper's sizes
 """
 
@@ -27,11 +30,16 @@ TOP_LEVEL_MODEL_KEYS = ("layers", "batch_norm", "likelihood")
 
 
 def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
-                      memory_budget_mb: float = evaluate.DEFAULT_MEMORY_BUDGET_MB) -> torch.Tensor:
+                      memory_budget_mb: float = evaluate.DEFAULT_MEMORY_BUDGET_MB, *,
+                      indices: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
     """log p(x) of each image of x (N, D), estimated with k importance samples: (N,) float64, nats
     (docs/method.md, eq. 4). Work goes in chunks of about memory_budget_mb of activations; pass a
-    model in eval mode (as load_run returns it), so that batch norm uses its stored statistics."""
-    return evaluate.iw_log_likelihood(model, x, k, memory_budget_mb)
+    model in eval mode (as load_run returns it), so that batch norm uses its stored statistics.
+
+    Each image's noise is drawn from (seed, its index): indices (N,) are the images' indices in the whole
+    test set (default 0..N-1, their rows in x). With a run's stored `test_indices` (per_image.pt), its seed
+    (run.config.seed) and k = run.config.eval.iw_samples, this gives the run's stored per-image values."""
+    return evaluate.iw_log_likelihood(model, x, k, memory_budget_mb, indices=indices, seed=seed)
 
 
 def new_model(name: str = "lvae", data_dim: int = 784, **settings) -> HierarchicalVAE:

@@ -4,6 +4,7 @@ bound (the paper's numbers beside) and of active units, then every run."""
 from __future__ import annotations
 
 import datetime
+import re
 from collections import Counter
 from typing import Any, Callable
 
@@ -61,7 +62,12 @@ def budget_summary(records: list[RunRecord]) -> str:
     return (f"Budget: {epochs(base)} ({scale}){fine_tuning}; test log p(x) with "
             f"K={values(metrics, lambda m: m['test_log_likelihood']['iw_samples'])} importance samples on "
             f"{values(metrics, lambda m: describe_test_images(m['test_log_likelihood']))}. Measured on "
-            f"{values(metrics, lambda m: m['device'])}, {values(metrics, lambda m: m['date'][:10])}.")
+            f"{values(metrics, lambda m: device_name(m['device']))}, {values(metrics, lambda m: m['date'][:10])}.")
+
+
+def device_name(device: str) -> str:
+    """A run's recorded device, in the singular for one thread: older runs recorded "cpu (x86_64, 1 threads)"."""
+    return re.sub(r"\b1 threads\b", "1 thread", device)
 
 
 def _values(records: list[RunRecord], get: Callable[[RunRecord], Any]) -> str:
@@ -92,7 +98,7 @@ def report_header(records: list[RunRecord], title: str) -> list[str]:
     return [
         f"# {title}", "",
         budget, "",
-        f"- Hardware: {_values(finished, lambda r: r.metrics.get('device'))}",
+        f"- Hardware: {_values(finished, lambda r: device_name(r.metrics.get('device', '')))}",
         f"- Runs finished: {_values(finished, lambda r: r.metrics.get('date', '')[:10])}; "
         f"report written {datetime.date.today().isoformat()}",
         f"- Commands: {_values(finished, _command)}",
