@@ -9,12 +9,23 @@ from lvae.report.compare import __doc__ as COMPARE_DOC
 from lvae.report.compare import comparison_table, curve_table, pair_by_seed, read_estimates
 
 
+def positive_integer(text: str) -> int:
+    """--images: a count of images, so an integer of at least 1 (0 or -5 would silently mean others)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lvae.compare", description=COMPARE_DOC.splitlines()[0])
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="run directories of the first model")
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="run directories of the second model")
-    parser.add_argument("--images", type=int, help="compare on the first N test images that both runs scored "
-                                                    "(default: all of them)")
+    parser.add_argument("--images", type=positive_integer, help="compare on the first N test images that both runs "
+                                                                 "scored (default: all of them)")
     args = parser.parse_args(argv)
     try:
         pairs = pair_by_seed([read_estimates(p) for p in args.a], [read_estimates(p) for p in args.b])

@@ -2,7 +2,9 @@
 
 A run is a folder that holds a metrics.json or a config.yaml; one without a finished
 metrics.json is kept with its status, and a run that a sweep's multirun.yaml asks for
-but that has no folder is "missing": nothing is dropped.
+but that has no folder is "missing": nothing is dropped. A record that cannot be trusted
+(`lvae.run.record.record_problem`: unreadable, malformed, or numbers that its per_image.pt
+contradicts) is kept as "unreadable", with the reason and without its numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lvae.run.config import run_defining_values, schema_defaults
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics
-from lvae.run.record import CONFIG_FILE, METRICS_FILE, Status, read_config, read_record, status_of
+from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config,
+                             read_per_image, read_record, record_problem, status_of)
 from lvae.run.sweep import Job, jobs_of_sweep_dir
 from lvae.report.paper_numbers import BUDGET_KEYS
 
@@ -41,15 +44,23 @@ def files_below(roots: list[Path], name: str) -> list[Path]:
     return sorted(found)
 
 
-def find_runs(roots: list[Path]) -> list[tuple[Path, dict | None]]:
-    """(run dir, metrics or None when unfinished) for every run below `roots`."""
+def find_run_dirs(roots: list[Path]) -> list[Path]:
+    """Every run folder below `roots`."""
     dirs = set()
     for marker in (METRICS_FILE, CONFIG_FILE):
         dirs.update(p.parent for p in files_below(roots, marker) if p.parent.name != ".hydra")
-    runs = []
-    for run_dir in sorted(dirs):
-        runs.append((run_dir, read_record(run_dir)))
-    return runs
+    return sorted(dirs)
+
+
+def read_checked(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(the record of run_dir or None when it has none, None) when it can be trusted, else (None, why not,
+    naming the folder): see `record_problem`; a completed record is checked against its per_image.pt."""
+    try:
+        record = read_record(run_dir)
+        problem = record_problem(record, read_per_image(run_dir) if is_complete(record) else None)
+    except RecordError as error:
+        return None, str(error)
+    return (None, f"{run_dir}: {problem}") if problem else (record, None)
 
 
 def code_mark(metrics: dict) -> str:
@@ -70,6 +81,7 @@ class RunRecord:
     status: str  # completed, running, interrupted, failed, unfinished (no metrics.json yet) or missing (no folder)
     metrics: dict | None
     setting: dict | None  # what the run computes, flat key -> value (`run_setting`); None when unknown
+    problem: str | None = None  # why its record is "unreadable" (`read_checked`)
 
     @property
     def completed(self) -> bool:
@@ -109,10 +121,14 @@ def collect_runs(roots: list[Path]) -> list[RunRecord]:
     """Every run below roots, plus every run that a sweep folder's multirun.yaml asks for but that has no folder."""
     expected = expected_jobs(roots)
     records = []
-    for run_dir, metrics in find_runs(roots):
+    for run_dir in find_run_dirs(roots):
         job = expected.pop(run_dir.resolve(), None)
+        metrics, problem = read_checked(run_dir)
         config = read_config(run_dir) or (job.config if job else None)
-        records.append(RunRecord(run_dir, status_of(metrics), metrics, run_setting(config, metrics)))
+        status = Status.unreadable if problem else status_of(metrics)
+        if problem:
+            log.warning("left out: %s", problem)
+        records.append(RunRecord(run_dir, status, metrics, run_setting(config, metrics), problem))
     for job in expected.values():  # Hydra made the folder of a job that started, even one that failed at once
         status = Status.unfinished if job.run_dir.is_dir() else Status.missing
         records.append(RunRecord(job.run_dir, status, None, run_setting(job.config)))
