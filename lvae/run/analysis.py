@@ -37,7 +37,7 @@ from lvae.data import ImageData, load_dataset
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB
 from lvae.core.models import HierarchicalVAE
 from lvae.run.record import ANALYSIS_FILE, is_complete, read_record
-from lvae.run.stored import check_run_dir, stored_config, stored_weights, trained_model
+from lvae.run.stored import check_run_dir, stored_run, trained_model
 from lvae.run.summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
@@ -135,12 +135,12 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings
     datasets: dict[str, ImageData] = {}  # runs that read the same data share one copy
     runs = []
     for run_dir, name, record in zip(run_dirs, run_names(run_dirs, records), records):
-        cfg = stored_config(run_dir)
-        weights = stored_weights(run_dir, device)  # a bad file fails before the data load
+        cfg, weights = stored_run(run_dir, device)  # a bad file fails before the data load
         data_key = OmegaConf.to_yaml(cfg.data)
         if data_key not in datasets:
             datasets[data_key] = load_dataset(cfg.data, device)
         data = datasets[data_key]
-        runs.append(RunToAnalyze(name, trained_model(cfg, weights, data.dim, device), data,
-                                 cfg.seed if seed is None else seed, (record or {}).get("history"), run_dir=run_dir))
+        model = trained_model(cfg, weights, data.dim, device, f"the weights in {run_dir}")
+        runs.append(RunToAnalyze(name, model, data, cfg.seed if seed is None else seed, (record or {}).get("history"),
+                                 run_dir=run_dir))
     return analyze(runs, out_dir, settings)

@@ -100,9 +100,13 @@ def _write_failure(error: BaseException) -> str:
     return (reason.strerror or str(reason)) if reason is not None else str(error)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True (a file from elsewhere cannot run code) and check its digest."""
-    kept = "It was left untouched; move it away to start this run afresh."
+RUN_ADVICE = "It was left untouched; move it away to start this run afresh."
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", advice: str = RUN_ADVICE) -> dict:
+    """Read a checkpoint with weights_only=True (a file from elsewhere cannot run code) and check its digest.
+    A refusal ends with `advice`: what to do with the file (a run's checkpoint by default)."""
+    kept = advice
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
