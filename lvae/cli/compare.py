@@ -5,19 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lvae.cli.arguments import positive_integer
 from lvae.report.compare import __doc__ as COMPARE_DOC
 from lvae.report.compare import comparison_table, curve_table, pair_by_seed, read_estimates
-
-
-def positive_integer(text: str) -> int:
-    """--images: a count of images, so an integer of at least 1 (0 or -5 would silently mean others)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

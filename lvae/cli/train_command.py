@@ -164,7 +164,7 @@ def check_command_line(args: Sequence[str]) -> None:
     except ConfigError as error:
         _exit_before_hydra(str(error))
     except (HydraException, OmegaConfBaseException) as error:
-        _exit_before_hydra(_hydra_message(error))
+        _exit_before_hydra(hydra_message(error))
 
 
 def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfig:
@@ -181,7 +181,7 @@ def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfi
     return cfg
 
 
-def _hydra_message(error: BaseException) -> str:
+def hydra_message(error: BaseException) -> str:
     """Hydra's refusal in one message: its text without the config search path, with the reason
     (OmegaConf's first line) that it wraps."""
     lines = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lvae.run.config import run_defining_values, schema_defaults
-from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics
+from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of
 from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config,
                              read_per_image, read_record, record_problem, status_of)
 from lvae.run.sweep import Job, jobs_of_sweep_dir
@@ -73,6 +74,33 @@ OTHER_CODE_NOTE = (f"† scored by another numerics version than the installed o
                    "code. Rerun it in a fresh directory to replace them.")
 
 
+def leave_out_other_numerics(records: list["RunRecord"]) -> list["RunRecord"]:
+    """The completed runs of another numerics version among `records`, now with status other_numerics and without
+    their numbers (lvae.paper's verdicts rest on this code's numbers only), each with the reason."""
+    left_out = [record for record in records if record.completed and not is_current_numerics(record.metrics)]
+    for record in left_out:
+        record.problem = (f"{record.run_dir}: scored by numerics version {numerics_version_of(record.metrics)}, "
+                          f"not this code's {NUMERICS_VERSION} (NUMERICS_VERSION in lvae/run/provenance.py says what "
+                          "changed); rerun it in a fresh directory to count it")
+        record.status, record.metrics = Status.other_numerics, None
+    return left_out
+
+
+def say_left_out(records: list["RunRecord"]) -> None:
+    """One line on stderr for every run whose numbers were left out (`problem`), naming its folder and why."""
+    for record in records:
+        if record.problem:
+            print(f"left out: {record.problem}", file=sys.stderr)
+
+
+def left_out_notes(records: list["RunRecord"]) -> list[str]:
+    """Markdown lines naming every run whose numbers were left out (`problem`), and why; none when there are none."""
+    left_out = [record.problem for record in records if record.problem]
+    if not left_out:
+        return []
+    return ["**Runs left out** (in no table, figure or verdict):", "", *(f"- {problem}" for problem in left_out), ""]
+
+
 @dataclass
 class RunRecord:
     """A run of a report: found on disk, expected by a sweep's multirun.yaml, or both."""
@@ -81,7 +109,7 @@ class RunRecord:
     status: str  # completed, running, interrupted, failed, unfinished (no metrics.json yet) or missing (no folder)
     metrics: dict | None
     setting: dict | None  # what the run computes, flat key -> value (`run_setting`); None when unknown
-    problem: str | None = None  # why its record is "unreadable" (`read_checked`)
+    problem: str | None = None  # why its numbers are left out: "unreadable" (`read_checked`), other numerics
 
     @property
     def completed(self) -> bool:
@@ -126,8 +154,6 @@ def collect_runs(roots: list[Path]) -> list[RunRecord]:
         metrics, problem = read_checked(run_dir)
         config = read_config(run_dir) or (job.config if job else None)
         status = Status.unreadable if problem else status_of(metrics)
-        if problem:
-            log.warning("left out: %s", problem)
         records.append(RunRecord(run_dir, status, metrics, run_setting(config, metrics), problem))
     for job in expected.values():  # Hydra made the folder of a job that started, even one that failed at once
         status = Status.unfinished if job.run_dir.is_dir() else Status.missing

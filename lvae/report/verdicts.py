@@ -36,7 +36,7 @@ from lvae.report.grid import Grid, build_grid
 from lvae.report.markdown import budget_summary
 from lvae.report.output import write_report
 from lvae.report.paper_numbers import PAPER_NUMBERS, PAPER_ORDER, budget_deviations
-from lvae.report.runs import RunRecord
+from lvae.report.runs import RunRecord, left_out_notes
 from lvae.run.analysis import AnalysisSettings, analyze_runs
 from lvae.run.stored import RunDirError, check_run_dir
 
@@ -392,6 +392,7 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True) -
              "paper's claim, what we measured, and our verdict, computed by lvae/paper.py from the numbers "
              "(supported: the difference exceeds twice its standard error).", "",
              budget_summary(records), "",
+             *left_out_notes(records),
              "With one seed, a ± is the paired standard error over the test images: how much the result would "
              "change with another seed (training noise) is not in it.", "",
              *([f"**Not the paper's budget** ({'; '.join(deviations)}): a verdict here says what this budget "
