@@ -91,7 +91,10 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
 def write_per_image(run_dir: Path, per_image: dict[str, torch.Tensor]) -> None:
     """per_image.pt: each evaluated test image's estimates ((N,) float64) and `test_indices`, the images'
     indices in the test set."""
-    atomic_write(run_dir / PER_IMAGE_FILE, lambda f: torch.save(per_image, f))
+    # Each tensor copied to storage of its own: torch.save writes a view's whole storage (the indices of a
+    # 50-image subset are a slice of the 10,000-index order).
+    compact = {key: value.clone() for key, value in per_image.items()}
+    atomic_write(run_dir / PER_IMAGE_FILE, lambda f: torch.save(compact, f))
 
 
 def read_per_image(run_dir: Path) -> dict[str, torch.Tensor] | None:

@@ -171,9 +171,7 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
                                         failed_step=error.step, **session.position())
             raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
         except OSError as error:  # a full disk: every write names its file (lvae.run.folder.atomic_write)
-            reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
-            unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
-            raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
+            raise _write_failed(session, error) from None
         except Exception as error:
             reason = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
@@ -182,10 +180,22 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
             raise
         if cfg.eval.analyze:
             stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
-            analyze([RunToAnalyze(run_name(run_dir, metrics), session.model, session.data, cfg.seed,
-                                  session.state.history, active, run_dir)], run_dir, _analysis_settings(cfg))
+            try:
+                analyze([RunToAnalyze(run_name(run_dir, metrics), session.model, session.data, cfg.seed,
+                                      session.state.history, active, run_dir)], run_dir, _analysis_settings(cfg))
+            except OSError as error:  # the run did not end as it must: its record must not say "completed"
+                raise _write_failed(session, error) from None
         log.info("run dir: %s\n%s", run_dir, format_run(metrics))
         return metrics
+
+
+def _write_failed(session: _Session, error: OSError) -> RunWriteFailed:
+    """A write into the run folder failed (a full disk): metrics.json says `failed` with the file (when it can
+    still be written; else the message says so); a rerun resumes from the checkpoint on disk (after the final
+    checkpoint, such as during the analysis: it evaluates again, with identical numbers)."""
+    reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
+    unrecorded = _record_status(session.run_dir, Status.failed, reason=reason, **session.position())
+    return RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}")
 
 
 def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
