@@ -63,3 +63,18 @@ def test_per_image_holds_the_indices_of_the_evaluated_images_only(data_root, tmp
     run(_config(data_root, "eval.analyze=false", "eval.test_subset=5"), tmp_path)
     indices = torch.load(tmp_path / "per_image.pt", weights_only=True)["test_indices"]
     assert len(indices) == 5 and indices.untyped_storage().nbytes() == 5 * indices.element_size()
+
+
+def test_a_full_disk_under_tensorboard_names_its_folder_without_a_thread_traceback(data_root, tmp_path, monkeypatch,
+                                                                                 capfd):
+    from tensorboard.summary.writer import record_writer
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full_disk)
+    with pytest.raises(RunWriteFailed, match=f"could not write {tmp_path / 'tensorboard'}: No space left on device"):
+        run(_config(data_root, "eval.analyze=false"), tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
