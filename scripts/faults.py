@@ -126,9 +126,10 @@ def issue_31_faults(out: Path, reference: Path, row) -> None:
         code, output = launch(train_command("-m", "train.lr=1e4,0.002", "eval.test_subset=100,20000",
                                             f"hydra.sweep.dir={sweep}",
                                             "hydra.sweep.subdir=${train.lr}_${eval.test_subset}", *launcher))
-        cause = next((line for line in output.splitlines() if "non-finite" in line or "diverged" in line), "")
+        lines = output.splitlines()  # Hydra names the failed job, then prints its cause on the next line
+        named = next((i for i, line in enumerate(lines) if line.startswith("Error executing job")), None)
         row(f"10 -m train.lr=1e4,0.002 eval.test_subset=100,20000 {launcher[0]}", code, output, statuses(sweep),
-            message=cause.split(": ", 1)[-1][:160] or first_message(output))
+            message=lines[named + 1] if named is not None and named + 1 < len(lines) else first_message(output))
 
     # 11. compare: runs that scored other data, a bad --images, a run against itself, a missing path.
     other_data = out / "binarization_seed_1"

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(EXIT_BUSY, f"another lvae.paper is writing {out}: {error}\n")
     except Stopped as stopped:
         exit_stopped(stopped, left)
-    except OSError as error:  # a full disk: name the file
-        parser.exit(EXIT_BAD_INPUT, f"could not write {error.filename or out}: {error.strerror or error}; {left}\n")
     except (CheckpointError, RecordError, DatasetError, ConfigError) as error:  # the analysis reads the deep runs back
         parser.exit(EXIT_BAD_INPUT, f"{error}; {left}\n")
+    except OSError as error:  # a full disk: name the file (DatasetNotFoundError, an OSError too, is caught above)
+        parser.exit(EXIT_BAD_INPUT, f"could not write {error.filename or out}: {error.strerror or error}; {left}\n")
     print(f"wrote {index}")
     sys.exit(1 if failed else 0)
 
