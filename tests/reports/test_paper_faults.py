@@ -187,3 +187,14 @@ def test_overrides_refused_by_the_first_step_are_refused_once(tmp_path, monkeypa
     monkeypatch.setattr(lvae.cli.paper, "run_child", lambda command: commands.append(command) or 2)
     code, _, _ = _paper(capsys, "--budget", "quick", "--out", str(tmp_path / "paper"), "layers=abc")
     assert code == 2 and len(commands) == 1 and not (tmp_path / "paper").exists()
+
+
+@pytest.mark.parametrize("argv, said", [(["--budget", "nope"], "not a budget of configs/budget/"),
+                                        (["layers=abc"], "layers=abc"), (["lyers=5"], "lyers")])
+def test_reproduce_refuses_a_bad_budget_or_override_in_one_message(capsys, argv, said):
+    from lvae.cli.reproduce import main as reproduce_main
+
+    with pytest.raises(SystemExit) as exit_:
+        reproduce_main(["--dry-run", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err and "Traceback" not in err, err
