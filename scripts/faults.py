@@ -1,4 +1,4 @@
-"""The faults of issue 18, end to end through the real command line: one line per fault.
+"""The faults of issues 18 and 31, end to end through the real command lines: one line per fault.
 
     python scripts/faults.py [--out DIR]
 
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lvae.run.folder import hold_run_dir
+from lvae.run.folder import RunDirBusy, hold_run_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SMALL = ("layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "train.batch_size=32",
@@ -39,8 +39,16 @@ SMALL = ("layers=2", "model.hidden_sizes=[32,16]", "model.latent_sizes=[4,2]", "
 LOG_PREFIX = re.compile(r"^\[[^]]*\]\[[^]]*\]\[(ERROR|WARNING|INFO)\] - ")
 
 
-def train_command(*overrides: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), *SMALL, *overrides]
+def small(*overrides: str) -> list[str]:
+    """SMALL with `overrides` in place of its values of the same keys (a sweep refuses a key given twice)."""
+    keys = {override.split("=", 1)[0] for override in overrides}
+    return [*(o for o in SMALL if o.split("=", 1)[0] not in keys), *overrides]
+
+
+def train_command(*args: str) -> list[str]:
+    """train.py with SMALL and `args`; flags (-m) first: Hydra reads no flag after an override."""
+    flags = [arg for arg in args if arg.startswith("-")]
+    return [sys.executable, str(REPO / "train.py"), *flags, *small(*(arg for arg in args if arg not in flags))]
 
 
 def launch(command: list[str], env: dict | None = None, cwd: Path = REPO) -> tuple[int, str]:
@@ -96,6 +104,88 @@ def on_a_small_disk(size: int, run_dir_name: str, out: Path, *overrides: str) ->
     if code == 99:
         return code, "cannot mount a tmpfs here (unshare -rm not allowed): not tried", ""
     return code, output, status_of(copy) if copy.exists() else "nothing left to read"
+
+
+def statuses(sweep: Path) -> str:
+    """Each run folder of a sweep with its status."""
+    found = [f"{folder.name}: {status_of(folder)}" for folder in sorted(sweep.iterdir())
+             if folder.is_dir() and not folder.name.startswith(".")] if sweep.is_dir() else []
+    return "; ".join(found) or "no run folder"
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def issue_31_faults(out: Path, reference: Path, row) -> None:
+    """10-14: a sweep with a failing job, compare across data, the paper command's faults, a full disk during the
+    analysis figures."""
+    # 10. A sweep in which one job diverges and one is refused at run time (a test subset larger than the test set).
+    for launcher in (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]):
+        sweep = out / f"sweep_{launcher[0].split('=')[1]}"
+        code, output = launch(train_command("-m", "train.lr=1e4,0.002", "eval.test_subset=100,20000",
+                                            f"hydra.sweep.dir={sweep}",
+                                            "hydra.sweep.subdir=${train.lr}_${eval.test_subset}", *launcher))
+        lines = output.splitlines()  # Hydra names the failed job, then prints its cause on the next line
+        named = next((i for i, line in enumerate(lines) if line.startswith("Error executing job")), None)
+        row(f"10 -m train.lr=1e4,0.002 eval.test_subset=100,20000 {launcher[0]}", code, output, statuses(sweep),
+            message=lines[named + 1] if named is not None and named + 1 < len(lines) else first_message(output))
+
+    # 11. compare: runs that scored other data, a bad --images, a run against itself, a missing path.
+    other_data = out / "binarization_seed_1"
+    launch(train_command("data.binarization_seed=1", f"hydra.run.dir={other_data}"))
+    for what, args in [("data.binarization_seed 0 against 1", ["--a", str(reference), "--b", str(other_data)]),
+                       ("--images -5", ["--a", str(reference), "--b", str(other_data), "--images", "-5"]),
+                       ("a run against itself", ["--a", str(reference), "--b", str(reference)]),
+                       ("a path that does not exist", ["--a", str(reference), "--b", str(out / "nonexistent")])]:
+        code, output = launch(module_command("lvae.compare", *args))
+        row(f"11 compare: {what}", code, output, "-", message=output.strip().splitlines()[-1][:160])
+
+    # 12. lvae.paper on records it cannot trust (a copy of the finished run, damaged), and bad arguments.
+    damaged = out / "paper_runs" / "fig3-quick"
+    for name, damage in [("truncated_metrics", lambda d: (d / "metrics.json").write_text("{\"status\": ")),
+                         ("string_mean", lambda d: (d / "metrics.json").write_text(
+                             (d / "metrics.json").read_text().replace('"mean": -', '"mean": "-', 1))),
+                         ("corrupt_per_image", lambda d: (d / "per_image.pt").write_bytes(b"garbage"))]:
+        shutil.copytree(reference, damaged / name, symlinks=True)
+        damage(damaged / name)
+    code, output = launch(module_command("lvae.paper", "--from", str(damaged), "--out", str(out / "paper")))
+    left_out = [line for line in output.splitlines() if line.startswith("left out: ")]
+    row("12 lvae.paper --from 3 damaged records", code, output,
+        f"{len(left_out)} 'left out' lines; index.md {'written' if (out / 'paper' / 'index.md').is_file() else 'MISSING'}",
+        message=(left_out or [first_message(output)])[0][:160])
+    (out / "a_file").write_text("")
+    for what, args in [("--out a file", ["--out", str(out / "a_file")]), ("--out under a file", ["--out", str(out / "a_file" / "paper")]),
+                       ("--seeds 0", ["--seeds", "0"]), ("--budget nonexistent", ["--budget", "nonexistent"])]:
+        code, output = launch(module_command("lvae.paper", "--no-run", *args))
+        row(f"12 lvae.paper {what}", code, output, "-", message=output.strip().splitlines()[-1][:160])
+
+    # 13. SIGTERM to lvae.paper while its first run trains: its children stop with it, a rerun is not refused.
+    paper_dir = out / "paper_sigterm"
+    paper_dir.mkdir()
+    process = subprocess.Popen(module_command("lvae.paper", "--budget", "quick",
+                                              *small("train.epochs=50", "train.checkpoint_every=1",
+                                                     "data.train_subset=2048")),
+                               cwd=paper_dir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not list(paper_dir.glob("outputs/*/*/checkpoint.pt")) and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate()
+    held = []
+    for run_dir in (folder for folder in paper_dir.glob("outputs/*/*") if folder.is_dir()):
+        try:
+            with hold_run_dir(run_dir):
+                pass
+        except RunDirBusy:
+            held.append(run_dir.name)
+    row("13 SIGTERM to lvae.paper while it trains", process.returncode, output,
+        f"run folders still held: {held or 'none (a rerun resumes at once)'}",
+        message=next((line for line in output.splitlines()[::-1] if "stopped by" in line), first_message(output))[:160])
+
+    # 14. A full disk during the analysis figures: room for the run's files, not for its figures.
+    checkpoint_pages = -(-(reference / "checkpoint.pt").stat().st_size // 4096) * 4096
+    code, output, result = on_a_small_disk(checkpoint_pages + 320 * 1024, "analysis_disk", out, "eval.analyze=true")
+    row("14 full disk during the analysis figures (tmpfs)", code, output, result)
 
 
 def main() -> None:
@@ -215,6 +305,8 @@ def main() -> None:
     code, output = launch(train_command("data.download=false", f"hydra.run.dir={out / 'relative_root'}"),
                           env={**ENV, "LVAE_DATA_ROOT": "relative/data"}, cwd=out)
     row("9 LVAE_DATA_ROOT=relative/data (cwd: the out folder)", code, output, left(out / "relative_root"))
+
+    issue_31_faults(out, reference, row)
 
     print()
     print("| fault (input) | exit | first line of the message | what was left |")

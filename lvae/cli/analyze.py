@@ -29,6 +29,7 @@ from lvae.run.checkpoint import CheckpointError
 from lvae.run.config import DEVICES, ConfigError
 from lvae.data.errors import DatasetError
 from lvae.run.analysis import AnalysisSettings, analyze_runs
+from lvae.run.record import RecordError
 from lvae.run.stored import RunDirError
 
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = analyze_runs(args.run_dirs, out_dir, AnalysisSettings(args.test_subset, args.samples),
                                args.device, args.seed)
-    except (RunDirError, CheckpointError, DatasetError, ConfigError) as error:
+    except (RunDirError, CheckpointError, DatasetError, ConfigError, RecordError) as error:
         print(f"python -m lvae.analyze: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"Active units per layer (KL / Cov of layer size), {summary['test_images']} test images:\n")

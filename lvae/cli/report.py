@@ -9,7 +9,7 @@ from lvae import report
 from lvae.report import PUBLISHED_FILES, publish_runs
 from lvae.report.markdown import budget_summary, markdown_table
 from lvae.report.output import write_report
-from lvae.report.runs import collect_runs
+from lvae.report.runs import collect_runs, say_left_out
 from lvae.run.checkpoint import CheckpointError
 from lvae.run.record import WEIGHTS_FILE, Status
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     records = collect_runs(args.dirs)
     if not records:
         parser.error(f"no run directories (with metrics.json or config.yaml) below {', '.join(map(str, args.dirs))}")
+    say_left_out(records)
     print(markdown_table([r for r in records if r.status != Status.missing]))
     print()
     print(budget_summary(records))

@@ -17,14 +17,19 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+
+from lvae.cli.arguments import budget_name, positive_integer
+from lvae.cli.children import Stopped, exit_stopped, run_child
+from lvae.cli.train_command import hydra_message
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, use_compile
 from lvae.run.config import ConfigError, validate
@@ -154,24 +159,25 @@ def describe_estimate(estimate: Estimate, runs: int, complete: int, label: str) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lvae.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="fig3", help="a preset of configs/experiment/ (default: fig3)")
-    parser.add_argument("--budget", default="paper", help="a budget of configs/budget/ (default: paper)")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per cell with seeds 0..N-1 (default: 1)")
+    parser.add_argument("--budget", default="paper", type=budget_name,
+                        help="a budget of configs/budget/ (default: paper)")
+    parser.add_argument("--seeds", type=positive_integer, default=1, help="runs per cell with seeds 0..N-1 (default: 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the estimate and the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. hydra/launcher=joblib")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
 
     common = [f"budget={args.budget}", *([f"seed={','.join(map(str, range(args.seeds)))}"] if args.seeds > 1 else []),
               *args.overrides]
     steps = [[*PREREQUISITES[args.experiment], *common]] if args.experiment in PREREQUISITES else []
     steps.append([f"experiment={args.experiment}", *common])
-    jobs_per_step = [sweep_jobs(step) for step in steps]
     try:  # every value is checked before anything runs
+        jobs_per_step = [sweep_jobs(step) for step in steps]
         for job in (job for jobs in jobs_per_step for job in jobs):
             validate(job.config)
     except ConfigError as error:
         parser.exit(2, f"{error}\n")
+    except (HydraException, OmegaConfBaseException) as error:  # an override Hydra refuses
+        parser.exit(2, f"{hydra_message(error)}\n")
     estimate, complete, other_code = estimate_jobs([job for jobs in jobs_per_step for job in jobs])
     runs = sum(map(len, jobs_per_step))
     print(describe_estimate(estimate, runs, complete, f"experiment={args.experiment} budget={args.budget}"))
@@ -184,7 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
 
-    failed_steps = sum(subprocess.run(command).returncode != 0 for command in commands)
+    try:
+        failed_steps = sum(run_child(command) != 0 for command in commands)
+    except Stopped as stopped:
+        exit_stopped(stopped, "its runs stopped with a checkpoint")
     jobs = jobs_per_step[-1]
     sweep_dir = jobs[0].sweep_dir
     bases = sorted({Path(job.config.init_from) for job in jobs if job.config.init_from})

@@ -36,7 +36,7 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -48,7 +48,7 @@ from lvae.run.folder import RunDirBusy, folders_to_create, remove_empty_folders
 # and the console script, from any directory.
 from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
 from lvae.data.errors import DatasetError
-from lvae.run.record import CHECKPOINT_FILE
+from lvae.run.record import CHECKPOINT_FILE, RecordError
 from lvae.run.sweep import sweep_jobs
 from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.train import run
@@ -83,15 +83,31 @@ def _train(cfg: DictConfig) -> float:
     except RunInterrupted as stop:
         log.warning("%s in %s; run the same command again to resume.", stop, run_dir)
         sys.exit(128 + stop.signum)
-    except (ConfigError, DatasetError, CheckpointError, RunFailed, RunDirBusy, OSError) as error:
+    except (ConfigError, DatasetError, CheckpointError, RecordError, RunFailed, RunDirBusy, OSError) as error:
         message = (f"could not write {error.filename}: {error.strerror}" if isinstance(error, OSError)
                    and error.filename else str(error))
+        code = EXIT_DIVERGED if isinstance(error, RunFailed) else EXIT_BUSY if isinstance(error, RunDirBusy) \
+            else EXIT_BAD_INPUT
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", message)
-            raise
-        _refuse(message, EXIT_DIVERGED if isinstance(error, RunFailed) else EXIT_BUSY
-                if isinstance(error, RunDirBusy) else EXIT_BAD_INPUT)
+            remove_empty_folders([run_dir])  # a job refused before it wrote anything leaves no folder
+            raise JobFailed(f"{run_dir}: {message}", code) from None
+        _refuse(message, code)
     return metrics["test_log_likelihood"]["mean"]
+
+
+class JobFailed(CompactHydraException):
+    """A job of a sweep that failed or was refused, with the exit code it would have as a single run. The
+    sweep's other jobs run on. Hydra names the failed job's overrides and prints this message without a
+    traceback (a CompactHydraException), also when a launcher (joblib, submitit) pickled it back from a
+    worker process: it pickles as its message and code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return type(self), (str(self), self.exit_code)
 
 
 def _refuse(message: str, code: int) -> None:
@@ -148,7 +164,7 @@ def check_command_line(args: Sequence[str]) -> None:
     except ConfigError as error:
         _exit_before_hydra(str(error))
     except (HydraException, OmegaConfBaseException) as error:
-        _exit_before_hydra(_hydra_message(error))
+        _exit_before_hydra(hydra_message(error))
 
 
 def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfig:
@@ -165,7 +181,7 @@ def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfi
     return cfg
 
 
-def _hydra_message(error: BaseException) -> str:
+def hydra_message(error: BaseException) -> str:
     """Hydra's refusal in one message: its text without the config search path, with the reason
     (OmegaConf's first line) that it wraps."""
     lines = []

@@ -6,7 +6,8 @@ Runs of a and b are paired by seed. Every run stores the estimate of each test i
 (per_image.pt) with the image's index in the test set, and all runs of one dataset score the
 same test images (binarized once with data.binarization_seed; a subset is the first N of one
 fixed random order), so a pair's difference b - a is taken image by image, on the images both
-runs scored, and runs that scored other images are refused. Its
+runs scored, and runs that scored other images, or scored them otherwise (`what_was_scored`: another
+dataset, likelihood, binarization, pixel scale, K or numerics version), are refused. Its
 standard error is that of the per-image differences, far smaller than either run's own
 standard error, which is dominated by how much the images differ from one another.
 Over seeds, the table gives the mean and standard deviation of each quantity. When the runs recorded
@@ -19,10 +20,15 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from lvae.run.record import PER_IMAGE_FILE, is_complete, read_per_image, read_record, status_of
+from lvae.run.config import schema_defaults
+from lvae.run.provenance import numerics_version_of
+from lvae.run.record import (PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
+                             record_problem, status_of)
 from lvae.run.summary import variant_name
 
 
@@ -35,22 +41,46 @@ class RunEstimates:
     indices: torch.Tensor  # (N,) each value's image: its index in the whole test set
     indices_assumed: bool = False  # per_image.pt predates the indices: taken as the first N test images
     curves: dict[int, dict] = field(default_factory=dict)  # epoch -> its training-curve point (eval.curve_every)
+    scored: dict[str, Any] = field(default_factory=dict)  # what its estimates are estimates of (`what_was_scored`)
+
+
+# The data settings that make the same test images other data: another binarization (or none), other pixel values.
+SCORED_DATA_KEYS = ("data.binarize", "data.binarization_seed", "data.dequantize", "data.intensity_scale")
+
+
+def what_was_scored(path: Path, metrics: dict) -> dict[str, Any]:
+    """What a run's per-image estimates are estimates of, beyond which test images: the dataset, the likelihood,
+    K of the test log-likelihood, the numerics version, and (from config.yaml, when the folder holds one) how the
+    pixels were made. Two runs that differ in any of these scored different quantities."""
+    scored = {"dataset": metrics.get("dataset"), "likelihood": metrics.get("likelihood"),
+              "eval.iw_samples (K)": metrics["test_log_likelihood"].get("iw_samples"),
+              "numerics version": numerics_version_of(metrics)}
+    config = read_config(path)
+    if config is not None:  # a key added to the schema after the run was configured had its default in that run
+        tree = OmegaConf.merge(schema_defaults(), config)
+        scored.update({key: OmegaConf.select(tree, key) for key in SCORED_DATA_KEYS})
+    return scored
 
 
 def read_estimates(path: Path) -> RunEstimates:
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder{'' if path.exists() else ' (it does not exist)'}")
     metrics = read_record(path)
     if not is_complete(metrics):
         raise ValueError(f"{path} is not a completed run (status {status_of(metrics)})")
     per_image = read_per_image(path)
     if per_image is None:
         raise ValueError(f"{path} has no {PER_IMAGE_FILE} (runs record it since the per-image estimates were added)")
+    problem = record_problem(metrics, per_image)
+    if problem:
+        raise RecordError(f"{path}: {problem}")
     indices = per_image.pop("test_indices", None)
     assumed = indices is None  # written when a subset was the first N test images
     if assumed:
         indices = torch.arange(len(per_image["test_log_likelihood"]))
     curves = {record["epoch"]: record["curve"] for record in metrics.get("history", []) if "curve" in record}
     return RunEstimates(path, metrics["seed"], f"{variant_name(metrics)} L={metrics['layers']}", per_image,
-                        indices, assumed, curves)
+                        indices, assumed, curves, what_was_scored(path, metrics))
 
 
 def _describe_indices(run: RunEstimates) -> str:
@@ -86,11 +116,42 @@ def paired(a: RunEstimates, b: RunEstimates, quantity: str, images: int | None =
     return Paired(a.seed, n, values_a.mean().item(), values_b.mean().item(), difference.mean().item(), stderr)
 
 
+def _by_seed(runs: list[RunEstimates], side: str) -> dict[int, RunEstimates]:
+    """seed -> run of one side; two runs of one seed are refused (their mean over seeds would count it twice)."""
+    by_seed: dict[int, RunEstimates] = {}
+    for run in runs:
+        if run.seed in by_seed:
+            raise ValueError(f"{side} holds two runs of seed {run.seed} ({by_seed[run.seed].path} and {run.path}): "
+                             "give each seed once per side")
+        by_seed[run.seed] = run
+    return by_seed
+
+
+def _scoring_difference(runs: list[RunEstimates]) -> str | None:
+    """What the first run scored that another did not score the same way, as 'key: path value, path value'."""
+    first = runs[0]
+    for run in runs[1:]:
+        for key in first.scored.keys() & run.scored.keys():
+            if first.scored[key] != run.scored[key]:
+                return f"{key}: {first.scored[key]!r} in {first.path}, {run.scored[key]!r} in {run.path}"
+    return None
+
+
 def pair_by_seed(runs_a: list[RunEstimates], runs_b: list[RunEstimates]) -> list[tuple[RunEstimates, RunEstimates]]:
-    by_seed = {run.seed: run for run in runs_b}
-    pairs = [(a, by_seed[a.seed]) for a in runs_a if a.seed in by_seed]
+    """(a, b) for every seed of both sides; ValueError for a run on both sides, a seed twice on one side, no
+    shared seed, or runs that scored different quantities or data (see `what_was_scored`)."""
+    same = {run.path.resolve() for run in runs_a} & {run.path.resolve() for run in runs_b}
+    if same:
+        raise ValueError(f"{', '.join(map(str, sorted(same)))} is in both --a and --b: a run compared with itself "
+                         "differs by exactly 0")
+    by_seed_a, by_seed_b = _by_seed(runs_a, "--a"), _by_seed(runs_b, "--b")
+    pairs = [(a, by_seed_b[seed]) for seed, a in by_seed_a.items() if seed in by_seed_b]
     if not pairs:
         raise ValueError("no seed is shared by the runs of --a and --b")
+    difference = _scoring_difference([run for pair in pairs for run in pair])
+    if difference:
+        raise ValueError(f"these runs scored different things, so their numbers cannot be compared ({difference}); "
+                         "compare runs of the same data, likelihood, K and numerics version")
     return pairs
 
 
@@ -116,7 +177,8 @@ def comparison_table(pairs: list[tuple[RunEstimates, RunEstimates]], images: int
         lines += [f"{quantity} (nats, on the {min(r.images for r in results)} test images every pair scored"
                   f"{_origin(pairs)})", "",
                   f"| seed | {a_label} | {b_label} | {b_label} - {a_label} (paired, ± s.e.) |", "|---|---|---|---|"]
-        lines += [f"| {r.seed} | {r.mean_a:.2f} | {r.mean_b:.2f} | {r.difference:+.2f} ± {r.difference_stderr:.2f} |"
+        lines += [f"| {r.seed} | {r.mean_a:.2f} | {r.mean_b:.2f} | {r.difference:+.2f} "
+                  f"{'(one image: no s.e.)' if math.isnan(r.difference_stderr) else f'± {r.difference_stderr:.2f}'} |"
                   for r in results]
         if len(results) > 1:  # with one seed, the line above says it all
             means_a, means_b, differences = ([getattr(r, name) for r in results]

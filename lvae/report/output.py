@@ -63,9 +63,12 @@ def plot_grid(grid: Grid, path: Path, title: str) -> None:
 
 
 def report_title(records: list[RunRecord], out_dir: Path) -> str:
-    """"MNIST: fig3-quick (a short budget, not the paper's)", with the datasets of the runs."""
+    """"MNIST: fig3-quick (a short budget, not the paper's)", with the datasets of the runs. The budget is that of
+    the completed runs: a folder of unfinished ones (or of a config.yaml alone, which may not be lvae's) has none."""
     settings = [r.setting for r in records if r.setting and "model.name" in r.setting]
-    scale = "a short budget, not the paper's" if budget_deviations(settings) else "the paper's budget"
+    budgets = [r.setting for r in records if r.completed and r.setting and "model.name" in r.setting]
+    scale = ("no run has finished" if not budgets else
+             "a short budget, not the paper's" if budget_deviations(budgets) else "the paper's budget")
     names = sorted({s.get("data.name", "mnist") for s in settings}) or ["mnist"]
     return f"{', '.join(DATASETS[name].title for name in names)}: {out_dir.resolve().name} ({scale})"
 

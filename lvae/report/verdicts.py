@@ -40,7 +40,7 @@ from lvae.report.markdown import budget_summary
 from lvae.report.output import write_report
 from lvae.report.paper_numbers import PAPER_NUMBERS, PAPER_ORDER, budget_deviations
 from lvae.report.rule import RULE, format_count
-from lvae.report.runs import RunRecord
+from lvae.report.runs import RunRecord, left_out_notes
 from lvae.run.analysis import AnalysisSettings, analyze_runs
 from lvae.run.record import ANALYSIS_FILE
 from lvae.run.stored import RunDirError, check_run_dir
@@ -264,6 +264,7 @@ def write_paper(records: list[RunRecord], out_dir: Path, analyze: bool = True,
              "under the rule below.", "",
              RULE, "",
              budget_summary(records), "",
+             *left_out_notes(records),
              seeds_sentence(seeds), "",
              *([f"**Not the paper's budget** ({'; '.join(deviations)}): a verdict here says what this budget "
                 "shows, not what the paper's would.", ""] if deviations else []),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -31,14 +32,14 @@ from lvae.core.analysis import (
     reconstruction_rows,
     seeded_rng,
 )
-from lvae.run.folder import write_json
+from lvae.run.folder import naming_failures, write_json
 from lvae.run.config import resolve_device
 from lvae.data import load_dataset
 from lvae.data.images import ImageData
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB
 from lvae.core.models import HierarchicalVAE
 from lvae.run.record import ANALYSIS_FILE, is_complete, read_record
-from lvae.run.stored import check_run_dir, stored_config, stored_weights, trained_model
+from lvae.run.stored import check_run_dir, stored_run, trained_model
 from lvae.run.summary import variant_name
 
 IMAGES_PER_GRID = 100  # prior samples; reconstructions show half as many test images, each row above its own
@@ -83,6 +84,12 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^\w+.=-]+", "_", name).strip("_")
 
 
+def _save(path: Path, draw: Callable[[Path], None]) -> None:
+    """draw(path), a figure written by matplotlib or PIL; a failed write names the file (a full disk)."""
+    with naming_failures(path):
+        draw(path)
+
+
 def analyze(runs: list[RunToAnalyze], out_dir: Path, settings: AnalysisSettings) -> dict:
     """Write the figures and analysis.json for `runs` into out_dir; returns analysis.json's content."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,18 +102,19 @@ def analyze(runs: list[RunToAnalyze], out_dir: Path, settings: AnalysisSettings)
         results[run.name] = run.active or active_units(run.model, images, budget, n_samples, **noise)
         samples[run.name] = posterior_samples(run.model, images, budget, **noise)
         with seeded_rng(run.seed, next(run.model.parameters()).device):
-            image_grid(run.model.generative.sample(IMAGES_PER_GRID), out_dir / f"samples_{file_stem(run.name)}.png",
-                       IMAGES_PER_ROW)
-            image_grid(reconstruction_rows(run.model, images[:IMAGES_PER_GRID // 2], IMAGES_PER_ROW),
-                       out_dir / f"reconstructions_{file_stem(run.name)}.png", IMAGES_PER_ROW)
+            _save(out_dir / f"samples_{file_stem(run.name)}.png",
+                  lambda path: image_grid(run.model.generative.sample(IMAGES_PER_GRID), path, IMAGES_PER_ROW))
+            _save(out_dir / f"reconstructions_{file_stem(run.name)}.png",
+                  lambda path: image_grid(reconstruction_rows(run.model, images[:IMAGES_PER_GRID // 2], IMAGES_PER_ROW),
+                                          path, IMAGES_PER_ROW))
     # Every run of one dataset scores the same sample of its test set, in the same order.
     labels = runs[-1].data.test_labels[indices.to(runs[-1].data.test_labels.device)].cpu()
 
-    plot_active_units(results, out_dir / "active_units.png")
-    plot_pca(samples, labels, out_dir / "pca.png")
+    _save(out_dir / "active_units.png", lambda path: plot_active_units(results, path))
+    _save(out_dir / "pca.png", lambda path: plot_pca(samples, labels, path))
     histories = {run.name: run.history for run in runs if run.history}
     if histories:
-        plot_kl_history(histories, out_dir / "kl_per_layer.png")
+        _save(out_dir / "kl_per_layer.png", lambda path: plot_kl_history(histories, path))
     labelled = bool((labels >= 0).all())  # a dataset without classes has label -1
     summary = {
         "test_images": len(labels),
@@ -136,12 +144,12 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings
     datasets: dict[str, ImageData] = {}  # runs that read the same data share one copy
     runs = []
     for run_dir, name, record in zip(run_dirs, run_names(run_dirs, records), records):
-        cfg = stored_config(run_dir)
-        weights = stored_weights(run_dir, device)  # a bad file fails before the data load
+        cfg, weights = stored_run(run_dir, device)  # a bad file fails before the data load
         data_key = OmegaConf.to_yaml(cfg.data)
         if data_key not in datasets:
             datasets[data_key] = load_dataset(cfg.data, device)
         data = datasets[data_key]
-        runs.append(RunToAnalyze(name, trained_model(cfg, weights, data.dim, device), data,
-                                 cfg.seed if seed is None else seed, (record or {}).get("history"), run_dir=run_dir))
+        model = trained_model(cfg, weights, data.dim, device, f"the weights in {run_dir}")
+        runs.append(RunToAnalyze(name, model, data, cfg.seed if seed is None else seed, (record or {}).get("history"),
+                                 run_dir=run_dir))
     return analyze(runs, out_dir, settings)

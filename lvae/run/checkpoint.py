@@ -100,15 +100,19 @@ def _write_failure(error: BaseException) -> str:
     return (reason.strerror or str(reason)) if reason is not None else str(error)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True (a file from elsewhere cannot run code) and check its digest."""
-    kept = "It was left untouched; move it away to start this run afresh."
+RUN_ADVICE = "It was left untouched; move it away to start this run afresh."
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", advice: str = RUN_ADVICE) -> dict:
+    """Read a checkpoint with weights_only=True (a file from elsewhere cannot run code) and check its digest.
+    A refusal ends with `advice`: what to do with the file (a run's checkpoint by default)."""
+    kept = advice
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # truncated zip, foreign pickle, random bytes: all unreadable
-        raise CheckpointError(f"checkpoint {path} is unreadable ({_load_failure(error)}). {kept}") from error
+        raise CheckpointError(f"checkpoint {path} is unreadable ({load_failure(error)}). {kept}") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") not in (1, FORMAT_VERSION):
         raise CheckpointError(f"{path} is not an lvae checkpoint (format {FORMAT_VERSION}). {kept}")
     if checkpoint["format_version"] == FORMAT_VERSION or "sha256" in checkpoint:
@@ -133,8 +137,8 @@ def state_dict_mismatch(expected: dict, found: dict, shown: int = 4) -> str:
     return "; ".join(parts)
 
 
-def _load_failure(error: Exception) -> str:
-    """What torch.load found wrong, without the advice that torch attaches for its own users."""
+def load_failure(error: Exception, kind: str = "an lvae checkpoint") -> str:
+    """What torch.load found wrong in a file of `kind`, without the advice that torch attaches for its own users."""
     message = str(error).strip()
     if isinstance(error, pickle.UnpicklingError) and message.startswith("Weights only load failed"):
         # torch's text: a paragraph suggesting weights_only=False (never right for a checkpoint that
@@ -142,5 +146,5 @@ def _load_failure(error: Exception) -> str:
         reasons = [p.strip() for p in message.split("\n\n")[1:] if p.strip() and not p.startswith("Check the doc")]
         reason = reasons[0].rstrip(".") if reasons else "an object that is not a tensor or a plain value"
         return (f"loading it safely (weights_only=True) was refused: {reason}; lvae writes only tensors and "
-                "plain values, so the file is damaged or is not an lvae checkpoint, and nothing in it was run")
+                f"plain values, so the file is damaged or is not {kind}, and nothing in it was run")
     return f"{type(error).__name__}: {message.splitlines()[0] if message else 'no details'}"

@@ -233,8 +233,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.mc_samples": (_positive, "an integer > 0"),
     "train.checkpoint_every": (_positive, "an integer > 0"),
     "eval.iw_samples": (_positive, "an integer > 0"),
-    "eval.test_subset": (lambda v: v is None or v > 0,
-                         "null (all) or an integer > 0, at most the test set's size (checked once it is loaded)"),
+    "eval.test_subset": (lambda v: v is None or v > 1,  # one image has no standard error (NaN in metrics.json)
+                         "null (all) or an integer > 1, at most the test set's size (checked once it is loaded)"),
     "eval.train_subset": (_positive, "an integer > 0"),
     "eval.memory_budget_mb": (_positive, "an integer > 0"),
     "eval.curve_every": (lambda v: v is None or v >= 0, "null (about 20 points per run), 0 (none) or an integer > 0"),

@@ -198,6 +198,18 @@ def _no_space_left(folder: Path) -> OSError | None:
     return None
 
 
+@contextlib.contextmanager
+def naming_failures(path: Path) -> Iterator[None]:
+    """An OSError while another library writes `path` (matplotlib, PIL) names the file, as atomic_write's do:
+    a full disk's "[Errno 28] No space left on device" alone does not say what was lost."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode() + b"\n"))
 

@@ -21,6 +21,9 @@ class RunFailed(RuntimeError):
         super().__init__(message)
         self.epoch, self.step = epoch, step
 
+    def __reduce__(self):  # a sweep's launcher (joblib, submitit) pickles a job's error back to the parent
+        return type(self), (str(self), self.epoch, self.step)
+
 
 class RunWriteFailed(OSError):
     """A write into the run directory failed (a full disk); the message names the file."""
@@ -32,6 +35,9 @@ class RunInterrupted(RuntimeError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
+
+    def __reduce__(self):  # as RunFailed's
+        return type(self), (self.signum, str(self))
 
 
 def signal_name(signum: int) -> str:

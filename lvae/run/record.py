@@ -17,14 +17,17 @@ and `is_complete_for` a config), and the keys that say what a run is come from `
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from lvae.run.checkpoint import load_checkpoint, save_checkpoint
+from lvae.run.checkpoint import load_checkpoint, load_failure, save_checkpoint
 from lvae.run.folder import atomic_write, write_json
 from lvae.run.config import config_to_dict, evaluation_settings, run_differences
 from lvae.run.provenance import numerics_version_of
@@ -49,15 +52,35 @@ class Status(str, Enum):
     failed = "failed"  # stopped by an error (`reason`): a rerun resumes from the last good checkpoint
     unfinished = "unfinished"  # a folder without metrics.json
     missing = "missing"  # expected by a sweep's multirun.yaml, no folder
+    unreadable = "unreadable"  # a record that cannot be trusted (`record_problem`): a report leaves its numbers out
+    other_numerics = "other numerics"  # completed by another numerics version: lvae.paper leaves its numbers out
 
     def __str__(self) -> str:
         return self.value
 
 
+WRITTEN_STATUSES = tuple(status.value for status in (Status.running, Status.completed, Status.interrupted, Status.failed))
+
+
+class RecordError(ValueError):
+    """A file of a run's record that cannot be read or says nothing valid; the message names the file."""
+
+
 def read_record(run_dir: Path) -> dict | None:
-    """metrics.json of run_dir, or None when the run has written none yet."""
+    """metrics.json of run_dir, or None when the run has written none yet; RecordError when it is no record
+    (not JSON, e.g. truncated; not an object; a status that lvae does not write)."""
     path = run_dir / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path} cannot be read ({error}): is it truncated or damaged?") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path} holds a {type(record).__name__}, not a run's record (a JSON object)")
+    if record.get("status") not in WRITTEN_STATUSES:
+        raise RecordError(f"{path} has the status {record.get('status')!r}, which lvae does not write")
+    return record
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
@@ -68,13 +91,55 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
 def write_per_image(run_dir: Path, per_image: dict[str, torch.Tensor]) -> None:
     """per_image.pt: each evaluated test image's estimates ((N,) float64) and `test_indices`, the images'
     indices in the test set."""
-    atomic_write(run_dir / PER_IMAGE_FILE, lambda f: torch.save(per_image, f))
+    # Each tensor copied to storage of its own: torch.save writes a view's whole storage (the indices of a
+    # 50-image subset are a slice of the 10,000-index order).
+    compact = {key: value.clone() for key, value in per_image.items()}
+    atomic_write(run_dir / PER_IMAGE_FILE, lambda f: torch.save(compact, f))
 
 
 def read_per_image(run_dir: Path) -> dict[str, torch.Tensor] | None:
-    """per_image.pt of run_dir, or None when it has none (runs older than the per-image estimates)."""
+    """per_image.pt of run_dir, or None when it has none (runs older than the per-image estimates);
+    RecordError when it cannot be read (damaged, truncated, or a pickle that would run code: refused
+    by weights_only=True) or holds no per-image estimates."""
     path = run_dir / PER_IMAGE_FILE
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        per_image = torch.load(path, weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, random bytes: all unreadable (as for a checkpoint)
+        raise RecordError(f"{path} cannot be read ({load_failure(error, 'an lvae per_image.pt')})") from None
+    if not isinstance(per_image, dict) or not all(isinstance(v, torch.Tensor) for v in per_image.values()) \
+            or "test_log_likelihood" not in per_image:
+        raise RecordError(f"{path} holds no per-image estimates (a dict of tensors with test_log_likelihood)")
+    return per_image
+
+
+# The numbers of a completed record that a report reads: each a {"mean": number, "stderr": number, ...}.
+REPORTED_NUMBERS = ("test_log_likelihood", "test_elbo")
+
+
+def record_problem(record: dict | None, per_image: dict[str, torch.Tensor] | None = None) -> str | None:
+    """Why a record read by `read_record` cannot be trusted for its numbers, or None: a completed one that
+    lacks what says which run it is, a number that is no number, or a mean of the test log-likelihood
+    that is not that of its per_image.pt (an edited or mixed-up record)."""
+    if not is_complete(record):
+        return None
+    lacking = [key for key in ("model", "layers", "seed") if key not in record]
+    if lacking:
+        return f"its completed record lacks {', '.join(lacking)}"
+    for key in REPORTED_NUMBERS:
+        numbers = record.get(key)
+        if not isinstance(numbers, dict) or not all(isinstance(numbers.get(n), (int, float))
+                                                    and not isinstance(numbers.get(n), bool) for n in ("mean", "stderr")):
+            return f"its {key} has no numeric mean and stderr ({numbers!r})"
+    if per_image is not None:
+        values = per_image["test_log_likelihood"]
+        mean = values.double().mean().item()
+        if not math.isclose(mean, record["test_log_likelihood"]["mean"], rel_tol=1e-9, abs_tol=1e-9):
+            return (f"its metrics.json says a test log-likelihood of {record['test_log_likelihood']['mean']!r}, but "
+                    f"its {PER_IMAGE_FILE} gives {mean!r} over its {len(values)} images: the record was edited or "
+                    "mixed up with another run's")
+    return None
 
 
 def write_weights(run_dir: Path, out_dir: Path) -> Path:
@@ -107,7 +172,15 @@ def is_complete(record: dict | None) -> bool:
 def read_config(run_dir: Path) -> DictConfig | None:
     """config.yaml of run_dir (the fully resolved config the run was started with), or None."""
     path = run_dir / CONFIG_FILE
-    return OmegaConf.load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        config = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise RecordError(f"{path} cannot be read ({str(error).splitlines()[0]}): is it truncated or damaged?") from None
+    if not isinstance(config, DictConfig):
+        raise RecordError(f"{path} holds a {type(config).__name__}, not a run's config")
+    return config
 
 
 def differences_from_stored(stored: dict, cfg: DictConfig, completed: bool) -> list[str]:

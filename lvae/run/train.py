@@ -24,12 +24,14 @@ the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lvae.core.analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
 from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, state_dict_mismatch)
-from lvae.run.folder import RunDirHold, hold_run_dir, remove_stale_temporaries, write_text
+from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
 from lvae.run.logs import open_run_logs
 from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
 from lvae.data import load_dataset
@@ -49,9 +51,9 @@ from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_map
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
 from lvae.run.settings import eval_settings, model_spec
-from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, Status, is_complete, is_complete_for,
-                         differences_from_stored, read_config, read_record, run_identity, write_per_image,
-                         write_record)
+from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, TENSORBOARD_DIR, Status, is_complete,
+                             is_complete_for, differences_from_stored, read_config, read_record, run_identity,
+                             write_per_image, write_record)
 from lvae.run.summary import format_run
 
 
@@ -158,7 +160,9 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
         session = _set_up(cfg, run_dir, checkpoint)
         try:
             _accept(session, hold, record_files or {})
-            with SummaryWriter(str(run_dir / "tensorboard"), purge_step=session.state.epoch + 1) as writer:
+            # A write that fails without naming its file in here is TensorBoard's (every other names its own).
+            with naming_failures(run_dir / TENSORBOARD_DIR), quiet_writer_thread(), \
+                    SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=session.state.epoch + 1) as writer:
                 _train(session, writer, stop)
                 started = time.perf_counter()
                 results, active = _evaluate(session, writer)
@@ -172,9 +176,7 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
                                         failed_step=error.step, **session.position())
             raise RunFailed(reason + unrecorded, error.epoch, error.step) from None
         except OSError as error:  # a full disk: every write names its file (lvae.run.folder.atomic_write)
-            reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
-            unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
-            raise RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}") from None
+            raise _write_failed(session, error) from None
         except Exception as error:
             reason = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
             unrecorded = _record_status(run_dir, Status.failed, reason=reason, **session.position())
@@ -183,10 +185,40 @@ def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] =
             raise
         if cfg.eval.analyze:
             stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
-            analyze([RunToAnalyze(run_name(run_dir, metrics), session.model, session.data, cfg.seed,
-                                  session.state.history, active, run_dir)], run_dir, _analysis_settings(cfg))
+            try:
+                analyze([RunToAnalyze(run_name(run_dir, metrics), session.model, session.data, cfg.seed,
+                                      session.state.history, active, run_dir)], run_dir, _analysis_settings(cfg))
+            except OSError as error:  # the run did not end as it must: its record must not say "completed"
+                raise _write_failed(session, error) from None
         log.info("run dir: %s\n%s", run_dir, format_run(metrics))
         return metrics
+
+
+@contextlib.contextmanager
+def quiet_writer_thread() -> Iterator[None]:
+    """TensorBoard's writer thread re-raises a failed write (a full disk) in that thread, which prints a
+    traceback; the same error reaches the run at its next write to TensorBoard (or when the writer closes) and
+    ends it with one message, so the thread's own is not printed."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _write_failed(session: _Session, error: OSError) -> RunWriteFailed:
+    """A write into the run folder failed (a full disk): metrics.json says `failed` with the file (when it can
+    still be written; else the message says so); a rerun resumes from the checkpoint on disk (after the final
+    checkpoint, such as during the analysis: it evaluates again, with identical numbers)."""
+    reason = f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
+    unrecorded = _record_status(session.run_dir, Status.failed, reason=reason, **session.position())
+    return RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}")
 
 
 def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:

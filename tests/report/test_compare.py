@@ -10,10 +10,15 @@ from lvae.cli.compare import main
 from lvae.report.compare import pair_by_seed, paired, read_estimates
 
 
-def _run(path, model: str, seed: int, values: torch.Tensor):
+def _run(path, model: str, seed: int, values: torch.Tensor, **record):
+    """A completed run whose record agrees with its per_image.pt (`record` adds or replaces keys)."""
     path.mkdir(parents=True)
+    numbers = {"test_log_likelihood": {"mean": values.mean().item(), "stderr": 0.1, "iw_samples": 5000},
+               "test_elbo": {"mean": values.mean().item() - 5, "stderr": 0.1}}
     (path / "metrics.json").write_text(json.dumps({"status": "completed", "model": model, "layers": 5, "seed": seed,
-                                                   "batch_norm": True, "warmup_epochs": 2}))
+                                                   "batch_norm": True, "warmup_epochs": 2, "dataset": "mnist",
+                                                   "likelihood": "bernoulli", "numerics_version": 2, **numbers,
+                                                   **record}))
     torch.save({"test_log_likelihood": values, "test_elbo": values - 5}, path / "per_image.pt")
     return path
 
@@ -124,3 +129,72 @@ def test_curves_measured_differently_or_absent_give_no_table(tmp_path, capsys):
     for other in (b, c):
         main(["--a", str(a), "--b", str(other)])
         assert "along training" not in capsys.readouterr().out
+
+
+def _refusal(capsys, *argv: str) -> str:
+    """compare's one message for argv, which it must refuse with exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("differ, key", [
+    ({"likelihood": "gaussian"}, "likelihood"),
+    ({"dataset": "fashion_mnist"}, "dataset"),
+    ({"test_log_likelihood": {"mean": -90.0, "stderr": 0.1, "iw_samples": 100}}, "eval.iw_samples (K)"),
+    ({"numerics_version": 1}, "numerics version"),
+])
+def test_runs_that_scored_other_quantities_are_refused_naming_the_difference(tmp_path, capsys, differ, key):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a = _run(tmp_path / "a", "vae", 0, values)
+    b = _run(tmp_path / "b", "lvae", 0, values + 1, **differ)
+    if "test_log_likelihood" in differ:  # keep the record consistent with its per_image.pt
+        torch.save({"test_log_likelihood": torch.full((50,), -90.0, dtype=torch.float64),
+                    "test_elbo": values - 5}, b / "per_image.pt")
+    assert "scored different things" in _refusal(capsys, "--a", str(a), "--b", str(b))
+    assert key in _refusal(capsys, "--a", str(a), "--b", str(b))
+
+
+@pytest.mark.parametrize("setting", ["binarization_seed: 1", "intensity_scale: 256", "binarize: false"])
+def test_runs_of_other_pixels_are_refused_by_their_config(tmp_path, capsys, setting):
+    """The same test images binarized with another seed (or scaled otherwise) are other data."""
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a = _run(tmp_path / "a", "vae", 0, values)
+    b = _run(tmp_path / "b", "lvae", 0, values + 1)
+    (a / "config.yaml").write_text("data:\n  name: mnist\n")  # the defaults: seed 0, scale 255, binarized
+    (b / "config.yaml").write_text(f"data:\n  name: mnist\n  {setting}\n")
+    assert f"data.{setting.split(':')[0]}" in _refusal(capsys, "--a", str(a), "--b", str(b))
+
+
+def test_bad_image_counts_duplicate_seeds_and_a_run_against_itself_are_refused(tmp_path, capsys):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a, a_again = _run(tmp_path / "a", "vae", 0, values), _run(tmp_path / "a2", "vae", 0, values)
+    b = _run(tmp_path / "b", "lvae", 0, values + 1)
+    for images in ("-5", "0", "many"):
+        assert "not a positive integer" in _refusal(capsys, "--a", str(a), "--b", str(b), "--images", images)
+    assert "two runs of seed 0" in _refusal(capsys, "--a", str(a), str(a_again), "--b", str(b))
+    assert "two runs of seed 0" in _refusal(capsys, "--a", str(b), "--b", str(a), str(a_again))
+    assert "compared with itself" in _refusal(capsys, "--a", str(a), "--b", str(a))
+    main(["--a", str(a), "--b", str(b), "--images", "1"])
+    out = capsys.readouterr().out
+    assert "nan" not in out and "one image: no s.e." in out
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda run: (run / "per_image.pt").write_bytes(b"not a torch file"), "cannot be read"),
+    (lambda run: (run / "per_image.pt").write_bytes((run / "per_image.pt").read_bytes()[:300]), "cannot be read"),
+    (lambda run: (run / "metrics.json").write_text('{"status": "compl'), "cannot be read"),
+    (lambda run: (run / "metrics.json").write_text(json.dumps({**json.loads((run / "metrics.json").read_text()),
+                                                               "test_log_likelihood": {"mean": -50.0, "stderr": 0.1}})),
+     "was edited"),
+    (lambda run: __import__("shutil").rmtree(run), "does not exist"),
+])
+def test_damaged_or_absent_runs_get_one_message(tmp_path, capsys, damage, said):
+    values = torch.linspace(-100, -80, 50, dtype=torch.float64)
+    a, b = _run(tmp_path / "a", "vae", 0, values), _run(tmp_path / "b", "lvae", 0, values + 1)
+    damage(b)
+    err = _refusal(capsys, "--a", str(a), "--b", str(b))
+    assert said in err and str(b) in err and "weights_only=False" not in err and len(err.strip().splitlines()) == 1

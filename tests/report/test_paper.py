@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,8 +65,7 @@ def test_every_item_is_written_under_its_claim_with_a_computed_verdict(tiny_pape
 
 def test_the_command_runs_figure_3_then_the_table_like_make_reproduce(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(lvae.cli.paper.subprocess, "run",
-                        lambda command: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(lvae.cli.paper, "run_child", lambda command: commands.append(command) or 0)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_code:  # nothing ran, so no run is there to analyse
         paper_main(["--budget", "quick", "train.epochs=1"])

@@ -8,11 +8,11 @@ import torch
 
 import lvae
 from lvae.cli.analyze import main as analyze_main
-from lvae.run.checkpoint import load_checkpoint
+from lvae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvae.run.config import compose_config
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.cli.report import main as report_main
-from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, read_record
+from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, RecordError, read_record
 from lvae.run.stored import RunDirError, check_run_dir
 from lvae.run.train import run
 from tests.helpers.tiny_run import tiny_run
@@ -123,3 +123,38 @@ def test_weights_are_published_only_for_completed_runs(synthetic_mnist, tmp_path
     assert (tmp_path / "results" / "lvae" / WEIGHTS_FILE).is_file()
     assert not (tmp_path / "results" / "unfinished" / WEIGHTS_FILE).exists()
     assert "no weights.pt for the runs that are not completed: unfinished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit, key", [("binarization_seed: 0", "data.binarization_seed"),
+                                       ("min_variance: 1.0e-06", "model.min_variance"), ("layers: 2", "layers")])
+def test_a_config_yaml_that_disagrees_with_the_weights_is_refused_naming_the_key(published, edit, key, capsys):
+    """config.yaml is for people: an edited one would silently give other data or another model."""
+    for folder in published:
+        config = folder / CONFIG_FILE
+        changed = {"binarization_seed: 0": "binarization_seed: 1", "min_variance: 1.0e-06": "min_variance: 0.001",
+                   "layers: 2": "layers: 3"}[edit]
+        assert edit in config.read_text()
+        config.write_text(config.read_text().replace(edit, changed, 1))
+        with pytest.raises(RecordError, match=f"disagrees with the config stored with the weights.*{key}"):
+            lvae.load_run(folder)
+        with pytest.raises(SystemExit):
+            analyze_main([str(folder), "--device", "cpu"])
+        assert key in capsys.readouterr().err
+
+
+def test_weights_of_another_shape_are_refused_by_key_and_shape(published):
+    run_dir, _ = published
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    del checkpoint["config"]  # an old checkpoint: no config to check config.yaml against
+    checkpoint["model"] = {key: value[:1] if value.dim() else value for key, value in checkpoint["model"].items()}
+    save_checkpoint(run_dir / CHECKPOINT_FILE, **checkpoint)
+    with pytest.raises(CheckpointError, match="do not fit the model that its config describes: it has other shapes"):
+        lvae.load_run(run_dir)
+
+
+def test_a_damaged_published_weights_file_gives_advice_for_a_published_folder(published):
+    _, folder = published
+    (folder / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as error:
+        lvae.load_run(folder)
+    assert "publish the run again" in str(error.value) and "afresh" not in str(error.value)

@@ -8,14 +8,14 @@ from lvae.cli.report import main
 from lvae.report.grid import build_grid
 from lvae.report.markdown import budget_summary, markdown_table
 from lvae.report.paper_numbers import paper_cell
-from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, collect_runs, find_runs
+from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, collect_runs, find_run_dirs
 
 
 def _metrics(model: str, ll: float) -> dict:
     bound = {"mean": ll, "stderr": 0.5, "images": 300}
     return {
         "status": "completed", "model": model, "layers": 5, "batch_norm": True, "warmup_epochs": 1, "epochs": 5,
-        "test_log_likelihood": {**bound, "iw_samples": 5000}, "test_elbo": {**bound, "mean": ll - 5},
+        "seed": 0, "test_log_likelihood": {**bound, "iw_samples": 5000}, "test_elbo": {**bound, "mean": ll - 5},
         "train_bound": {**bound, "iw_samples": 1, "mc_samples": 1}, "kl_per_layer": [20.0, 3.0, 0.1, 0.0, 0.0],
         "wall_time_s": {"total": 100.0}, "device": "cpu (x86_64, 2 threads)", "date": "2026-11-24T03:00:00+00:00",
         "numerics_version": NUMERICS_VERSION,
@@ -82,7 +82,7 @@ def test_publish_copies_the_records_and_reports_them_again(tmp_path):
     main([str(runs), "--publish", str(published)])
     assert sorted(p.name for p in published.iterdir()) == ["fig3.png", "lvae", "results.csv", "results.md", "vae"]
     assert not (published / "vae" / "checkpoint.pt").exists(), "checkpoints stay with the runs"
-    assert [d.name for d, _ in find_runs([published])] == ["lvae", "vae"]
+    assert [d.name for d in find_run_dirs([published])] == ["lvae", "vae"]
 
 
 def test_no_run_output_is_tracked_by_git():

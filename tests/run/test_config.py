@@ -33,6 +33,7 @@ def test_default_config_is_valid_and_matches_the_paper():
         ("layers=9", "layers", "from 1 to 5"),
         ("train.lr=-1", "train.lr", "> 0"),
         ("eval.iw_samples=0", "eval.iw_samples", "> 0"),
+        ("eval.test_subset=1", "eval.test_subset", "> 1"),  # one image: no standard error, NaN in metrics.json
         ("warmup_epochs=-3", "warmup_epochs", ">= 0"),
         ("train.batch_size=0", "train.batch_size", "> 0"),
         ("model.latent_sizes=[64,32]", "model.latent_sizes", "at least 5"),

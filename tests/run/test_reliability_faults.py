@@ -35,7 +35,8 @@ from lvae.run.logs import RunLogFile
 from lvae.cli.train_command import EXIT_BAD_INPUT, check_command_line
 from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data.errors import DatasetNotFoundError
-from lvae.report.runs import find_runs
+from lvae.report.runs import find_run_dirs
+from lvae.run.record import read_record
 from lvae.run.outcomes import RunFailed, StopRequest, divergence_floor
 from lvae.run.train import run
 
@@ -264,8 +265,8 @@ def test_a_report_follows_symlinked_run_folders(finished, tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "linked").symlink_to(finished, target_is_directory=True)
     (tmp_path / "results" / "loop").symlink_to(tmp_path / "results", target_is_directory=True)
-    runs = find_runs([tmp_path / "results"])
-    assert [run_dir.name for run_dir, _ in runs] == ["linked"] and runs[0][1]["status"] == "completed"
+    runs = find_run_dirs([tmp_path / "results"])
+    assert [run_dir.name for run_dir in runs] == ["linked"] and read_record(runs[0])["status"] == "completed"
 
 
 def test_a_relative_data_root_is_reported_as_the_absolute_folder_checked(tmp_path, monkeypatch):
