@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from lvae.report.grid import row_label
+from lvae.report.runs import run_setting
 from lvae.run.config import schema_defaults
 from lvae.run.provenance import numerics_version_of
-from lvae.run.record import (PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
+from lvae.run.record import (CONFIG_FILE, PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
                              record_problem, status_of)
 from lvae.run.summary import variant_name
 
@@ -79,8 +81,24 @@ def read_estimates(path: Path) -> RunEstimates:
     if assumed:
         indices = torch.arange(len(per_image["test_log_likelihood"]))
     curves = {record["epoch"]: record["curve"] for record in metrics.get("history", []) if "curve" in record}
-    return RunEstimates(path, metrics["seed"], f"{variant_name(metrics)} L={metrics['layers']}", per_image,
+    config = read_config(path)
+    setting = _setting_with_base(path, config) if config is not None else None
+    label = row_label(setting) if setting and "model.name" in setting else variant_name(metrics)  # as reports do
+    return RunEstimates(path, metrics["seed"], f"{label} L={metrics['layers']}", per_image,
                         indices, assumed, curves, what_was_scored(path, metrics))
+
+
+def _setting_with_base(path: Path, config: DictConfig) -> dict:
+    """The run's setting as the reports label a row: a fine-tuned run as its base run's variant + fine-tuning,
+    its base found where init_from says, or beside the run under the same name (a published folder)."""
+    setting = run_setting(config)
+    base = Path(setting["init_from"]) if setting.get("init_from") else None
+    for candidate in ([base, path.parent / base.name] if base else []):
+        base_config = read_config(candidate) if (candidate / CONFIG_FILE).is_file() else None
+        if base_config is not None:
+            setting["init_from.setting"] = run_setting(base_config)
+            break
+    return setting
 
 
 def _describe_indices(run: RunEstimates) -> str:

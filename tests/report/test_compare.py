@@ -8,6 +8,7 @@ import torch
 
 from lvae.cli.compare import main
 from lvae.report.compare import pair_by_seed, paired, read_estimates
+from tests.helpers import REPO
 
 
 def _run(path, model: str, seed: int, values: torch.Tensor, **record):
@@ -198,3 +199,10 @@ def test_damaged_or_absent_runs_get_one_message(tmp_path, capsys, damage, said):
     damage(b)
     err = _refusal(capsys, "--a", str(a), "--b", str(b))
     assert said in err and str(b) in err and "weights_only=False" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_fine_tuned_run_is_labelled_as_its_base_run_plus_fine_tuning():
+    """The published table1 pair: the fine-tuned run trained without warm-up, but it is its base's LVAE+BN+WU."""
+    folder = REPO / "results" / "table1-quick_full_test"
+    assert read_estimates(folder / "finetune=mc10,seed=0").label == "LVAE+BN+WU + fine-tuning (MC=10) L=5"
+    assert read_estimates(folder / "layers=5,seed=0,variant=lvae_bn_wu").label == "LVAE+BN+WU L=5"
