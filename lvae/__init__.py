@@ -1,6 +1,6 @@
 """lvae: a reproduction of Ladder Variational Autoencoders (Sønderby et al., NIPS 2016).
 
-The Python face, for notebooks and scripts (no Hydra needed):
+The Python face, for notebooks and scripts (no Hydra, no config objects):
 
     run = lvae.load_run("outputs/runs/model=lvae,layers=5")  # .model (eval mode), .config, .data, .metrics
     log_px = lvae.iw_log_likelihood(run.model, run.data.test[:100], k=5000)  # (100,) float64, nats
@@ -10,24 +10,17 @@ The Python face, for notebooks and scripts (no Hydra needed):
     model = lvae.new_model("lvae", layers=3, batch_norm=False)  # untrained, the paper's sizes
 """
 
+from dataclasses import replace
 from importlib.metadata import version
 
 import torch
-from omegaconf import OmegaConf
-
 from lvae.core import evaluate
-from lvae.run.config import Config, ModelConfig
-from lvae.core.models import BottomUpVAE, HierarchicalVAE, LadderVAE, build_model
-from lvae.run.settings import model_spec
+from lvae.core.models import MODELS, BottomUpVAE, HierarchicalVAE, LadderVAE, ModelSpec, build_model
 from lvae.run.stored import TrainedRun, load_run
 
 __version__ = version("lvae")
 __all__ = ["BottomUpVAE", "HierarchicalVAE", "LadderVAE", "TrainedRun", "iw_log_likelihood", "load_run",
            "new_model"]
-
-# Keys of the run config that shape a model and sit at its top level; every other one is a model.* key.
-TOP_LEVEL_MODEL_KEYS = ("layers", "batch_norm", "likelihood")
-
 
 def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
                       memory_budget_mb: float = evaluate.DEFAULT_MEMORY_BUDGET_MB, *,
@@ -42,10 +35,13 @@ def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
     return evaluate.iw_log_likelihood(model, x, k, memory_budget_mb, indices=indices, seed=seed)
 
 
-def new_model(name: str = "lvae", data_dim: int = 784, **settings) -> HierarchicalVAE:
-    """An untrained model from keyword arguments: `name` "lvae" or "vae", and any of layers, batch_norm,
-    likelihood and the model.* keys of the run config (hidden_sizes, latent_sizes, mlp_depth, init, ...).
-    What is not given has the run config's default (lvae/run/config.py), as `python train.py` would build it."""
-    top_level = {key: settings.pop(key) for key in TOP_LEVEL_MODEL_KEYS if key in settings}
-    cfg = OmegaConf.structured(Config(model=ModelConfig(name=name, **settings), **top_level))
-    return build_model(model_spec(cfg), data_dim)
+def new_model(name: str = "lvae", data_dim: int = 784, layers: int | None = None, **fields) -> HierarchicalVAE:
+    """An untrained model: `name` "lvae" or "vae", and any field of ModelSpec (batch_norm, likelihood,
+    hidden_sizes, latent_sizes, mlp_depth, init, ...; lvae/core/models.py). What is not given is the paper's
+    (the run config's defaults too). `layers` keeps the first that many of the sizes, as a run's `layers` does."""
+    if name not in MODELS:
+        raise ValueError(f"name={name!r} is not a model: one of {', '.join(MODELS)}")
+    spec = ModelSpec(name, **{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+    if layers is not None:
+        spec = replace(spec, latent_sizes=spec.latent_sizes[:layers], hidden_sizes=spec.hidden_sizes[:layers])
+    return build_model(spec, data_dim)

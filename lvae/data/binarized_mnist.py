@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from lvae.data.errors import DatasetInvalidError
-from lvae.data.files import DATA_ROOT_ENV, data_root, download, find_files, option, warn_if_partial
+from lvae.data.files import DATA_ROOT_ENV, data_root, download, find_files, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages
 
 
@@ -69,7 +69,7 @@ def load_binarized_mnist(cfg: DictConfig) -> StoredImages:
     splits = {split: _read_amat(folder / name) for split, name in zip(BINARIZED_MNIST_SIZES, names)}
     for split, images in splits.items():
         warn_if_partial("binarized MNIST", split, len(images), BINARIZED_MNIST_SIZES[split])
-    train = torch.cat([splits["train"], splits["valid"]]) if option(cfg, "merge_valid", False) else splits["train"]
+    train = torch.cat([splits["train"], splits["valid"]]) if cfg.merge_valid else splits["train"]
     test = splits["test"]
 
     def unlabelled(images: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,6 @@ def default_data_root() -> str:
     return os.environ.get(DATA_ROOT_ENV, "data")
 
 
-def option(cfg: DictConfig, key: str, default):
-    """cfg.<key>, or `default` for a config written before the key existed (old run directories)."""
-    return cfg.get(key, default)
-
-
 def data_root(cfg: DictConfig) -> Path:
     """data.root as an absolute path: messages name the folder checked, whatever the working directory."""
     return Path(cfg.root).expanduser().absolute()

@@ -13,7 +13,6 @@ import torch
 from omegaconf import DictConfig
 
 from lvae.data.errors import SubsetError
-from lvae.data.files import option
 
 
 IMAGE_SIZE = 28  # MNIST, Fashion-MNIST, binarized MNIST and OMNIGLOT
@@ -163,11 +162,11 @@ def image_data(cfg: DictConfig, device: torch.device, pixels: str, stored: Store
     train, train_labels, test, test_labels = stored
     if cfg.train_subset is not None:
         train, train_labels = train[: cfg.train_subset], train_labels[: cfg.train_subset]
-    dequantize = option(cfg, "dequantize", False)
+    dequantize = cfg.dequantize
     if dequantize:
         scale = DEQUANTIZATION_SCALE
     elif pixels == GREY_LEVELS:
-        scale = option(cfg, "intensity_scale", INTENSITY_SCALES[0])
+        scale = cfg.intensity_scale
     else:
         scale = PIXEL_SCALE[pixels]
     train_x, test_x = (images.reshape(len(images), -1).float() / scale for images in (train, test))

@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lvae.report.grid import row_label
 from lvae.report.runs import run_setting
-from lvae.run.config import schema_defaults
 from lvae.run.provenance import numerics_version_of
 from lvae.run.record import (CONFIG_FILE, PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
                              record_problem, status_of)
@@ -58,9 +57,8 @@ def what_was_scored(path: Path, metrics: dict) -> dict[str, Any]:
               "eval.iw_samples (K)": metrics["test_log_likelihood"].get("iw_samples"),
               "numerics version": numerics_version_of(metrics)}
     config = read_config(path)
-    if config is not None:  # a key added to the schema after the run was configured had its default in that run
-        tree = OmegaConf.merge(schema_defaults(), config)
-        scored.update({key: OmegaConf.select(tree, key) for key in SCORED_DATA_KEYS})
+    if config is not None:
+        scored.update({key: OmegaConf.select(config, key) for key in SCORED_DATA_KEYS})
     return scored
 
 

@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lvae.run.config import config_to_dict, schema_defaults
+from lvae.run.config import complete_config, config_to_dict
 from lvae.run.identity import run_defining_values
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of
 from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config,
@@ -120,8 +120,7 @@ class RunRecord:
 def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -> dict | None:
     """What a run computes, as flat key -> value: from its config, else from its metrics.json."""
     if config is not None:
-        # A key added to the schema after the run was configured had its default value in that run.
-        tree = OmegaConf.merge(schema_defaults(), config)
+        tree = complete_config(config)  # a key added to the schema since had its default in that run
         setting = {key: value for key, value in run_defining_values(config_to_dict(tree)).items() if value != MISSING}
         for key in (*BUDGET_KEYS, "budget_name"):
             if OmegaConf.select(tree, key, default=MISSING) is not MISSING:

@@ -158,6 +158,13 @@ def schema_defaults() -> dict:
     return config_to_dict(OmegaConf.structured(Config))
 
 
+def complete_config(stored: DictConfig | dict) -> DictConfig:
+    """A stored run config (a config.yaml, a checkpoint's) merged onto the schema: typed, and every key that the
+    run lacks because it was added to the schema later has its default, which that run had. The one place that
+    fills in what older runs lack; a key that the schema does not have raises an OmegaConf error."""
+    return OmegaConf.merge(OmegaConf.structured(Config), stored)
+
+
 def is_binary_data(name: str, binarize: bool) -> bool:
     """x is binary: binarized on the fly, or stored as 0/1 (Bernoulli output needs no data.binarize)."""
     return binarize or name in BINARY_DATASETS
@@ -341,8 +348,7 @@ def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    old = {**run_defining_values(schema_defaults()), **run_defining_values(stored)}
-    new = run_defining_values(config_to_dict(cfg))
+    old, new = (run_defining_values(config_to_dict(complete_config(tree))) for tree in (stored, cfg))
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 

@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lvae.run.checkpoint import load_checkpoint, load_failure, save_checkpoint
 from lvae.run.folder import atomic_write, write_json
-from lvae.run.config import config_to_dict, evaluation_settings, run_differences
+from lvae.run.config import complete_config, config_to_dict, evaluation_settings, run_differences
 from lvae.run.provenance import numerics_version_of
 
 CONFIG_FILE = "config.yaml"
@@ -170,7 +170,8 @@ def is_complete(record: dict | None) -> bool:
 
 
 def read_config(run_dir: Path) -> DictConfig | None:
-    """config.yaml of run_dir (the fully resolved config the run was started with), or None."""
+    """config.yaml of run_dir (the fully resolved config the run was started with) on the schema, with the
+    defaults of keys added since (`complete_config`), or None."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return None
@@ -180,7 +181,10 @@ def read_config(run_dir: Path) -> DictConfig | None:
         raise RecordError(f"{path} cannot be read ({str(error).splitlines()[0]}): is it truncated or damaged?") from None
     if not isinstance(config, DictConfig):
         raise RecordError(f"{path} holds a {type(config).__name__}, not a run's config")
-    return config
+    try:
+        return complete_config(config)
+    except OmegaConfBaseException as error:
+        raise RecordError(f"{path} is not a config of this lvae: {str(error).splitlines()[0]}") from None
 
 
 def differences_from_stored(stored: dict, cfg: DictConfig, completed: bool) -> list[str]:

@@ -3,6 +3,8 @@ back from the published folder alone as from the run's own: the same model, bit 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -13,8 +15,9 @@ from lvae.run.config import compose_config
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.cli.report import main as report_main
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, RecordError, read_record
-from lvae.run.stored import RunDirError, check_run_dir
+from lvae.run.stored import RunDirError, check_run_dir, stored_run, trained_model
 from lvae.run.train import run
+from tests.helpers import REPO
 from tests.helpers.tiny_run import tiny_run
 
 TINY = tiny_run()
@@ -158,3 +161,17 @@ def test_a_damaged_published_weights_file_gives_advice_for_a_published_folder(pu
     with pytest.raises(CheckpointError) as error:
         lvae.load_run(folder)
     assert "publish the run again" in str(error.value) and "afresh" not in str(error.value)
+
+
+def test_a_stored_config_without_a_key_added_since_reads_back_with_that_keys_default(tmp_path):
+    """Runs written before a key existed lack it in config.yaml: read back onto the schema, it has its default,
+    which that run had (here model.init, deleted from the seed-0 VAE's published config.yaml)."""
+    published = REPO / "results" / "vae-vs-lvae-200epochs" / "layers=5,seed=0,variant=vae_bn_wu"
+    shutil.copytree(published, tmp_path / "run", ignore=shutil.ignore_patterns("per_image.pt"))
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("  init:")))
+    assert "init:" not in config.read_text().replace("init_from", "")
+    cfg, weights = stored_run(tmp_path / "run", torch.device("cpu"))
+    assert cfg.model.init == "pytorch" and cfg.model.name == "vae"
+    trained_model(cfg, weights, 784, torch.device("cpu"))  # the weights fit the model it describes
