@@ -14,6 +14,7 @@ from dataclasses import replace
 from importlib.metadata import version
 
 import torch
+
 from lvae.core import evaluate
 from lvae.core.models import MODELS, BottomUpVAE, HierarchicalVAE, LadderVAE, ModelSpec, build_model
 from lvae.run.stored import TrainedRun, load_run

@@ -48,7 +48,6 @@ from lvae.run.config import DEVICES, compose_config, resolve_device
 from lvae.run.provenance import describe_device
 
 
-
 def print_summary(training: dict, evaluation: dict) -> None:
     """Per model: what a step and an evaluation cost, and what that makes of MNIST runs."""
     paper = compose_config()  # the schema's defaults: the paper's budget

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 from lvae.core.analysis import layer_names
-from lvae.run.checkpoint import CheckpointError
-from lvae.run.config import DEVICES, ConfigError
 from lvae.data.errors import DatasetError
 from lvae.run.analysis import AnalysisSettings, analyze_runs
+from lvae.run.checkpoint import CheckpointError
+from lvae.run.config import DEVICES, ConfigError
 from lvae.run.record import RecordError
 from lvae.run.stored import RunDirError
 

@@ -1,4 +1,5 @@
-"""`python -m lvae.report DIR [DIR ...] [--out DIR] [--publish DIR [--weights]]`: lvae/report/__init__.py says what it writes."""
+"""`python -m lvae.report DIR [DIR ...] [--out DIR] [--publish DIR [--weights]]` (what it writes:
+lvae/report/__init__.py)."""
 
 from __future__ import annotations
 

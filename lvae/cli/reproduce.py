@@ -30,16 +30,15 @@ from torch import nn
 from lvae.cli.arguments import budget_name, positive_integer
 from lvae.cli.children import Stopped, exit_stopped, run_child
 from lvae.cli.train_command import hydra_message
-
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, use_compile
-from lvae.run.config import ConfigError, validate
 from lvae.core.evaluate import curve_interval
 from lvae.core.models import build_model
-from lvae.run.provenance import is_current_numerics
-from lvae.run.settings import model_spec
-from lvae.run.record import is_complete, is_complete_for, read_record
 from lvae.report.output import write_report
 from lvae.report.runs import collect_runs
+from lvae.run.config import ConfigError, validate
+from lvae.run.provenance import is_current_numerics
+from lvae.run.record import is_complete, is_complete_for, read_record
+from lvae.run.settings import model_spec
 from lvae.run.sweep import Job, sweep_jobs
 
 # Rates measured on the reference machine; an estimate scales them by each run's size. `make bench` on the

@@ -28,15 +28,15 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from lvae.cli.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
 from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, use_compile
-from lvae.run.config import compose_config
-from lvae.data.images import ImageData
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB, evaluation_copy, fold_batchnorm, iw_log_likelihood
 from lvae.core.models import HierarchicalVAE, build_model
 from lvae.core.objectives import log_importance_weights
-from lvae.cli.reproduce import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
-from lvae.run.settings import model_spec
+from lvae.data.images import ImageData
+from lvae.run.config import compose_config
 from lvae.run.loop import new_optimizer, train_model
+from lvae.run.settings import model_spec
 
 BATCH = 256
 PAPER_EPOCHS = 2000

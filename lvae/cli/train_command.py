@@ -42,15 +42,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from lvae.data.errors import DatasetError
+from lvae.data.files import folders_to_create, remove_empty_folders
 from lvae.run.checkpoint import CheckpointError
-from lvae.run.folder import RunDirBusy, folders_to_create, remove_empty_folders
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
 from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
-from lvae.data.errors import DatasetError
+from lvae.run.folder import RunDirBusy
+from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.record import CHECKPOINT_FILE, RecordError
 from lvae.run.sweep import sweep_jobs
-from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.train import run
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class OutputDirCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")
-        _new_run_folders[:] = folders_to_create(Path(config.hydra.run.dir).absolute())
+        _new_run_folders[:] = folders_to_create([Path(config.hydra.run.dir).absolute()])
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")

@@ -19,10 +19,9 @@ import torch
 
 F = TypeVar("F", bound=Callable)
 
-# Below these sizes `auto` stays eager on the CPU. Measured on 2 cores (scripts/bench.py, README
-# "Performance"): compiling the 5-layer step takes about 50 s and saves about 12 ms per step, even
-# after about 4,000 steps; compiling the evaluation takes about 17 s and saves about 6 %, even after
-# about 13 million pairs. The thresholds leave a margin over both, for slower compilers.
+# Below these sizes `auto` stays eager on the CPU: compiling costs about a minute, which a short run does not
+# earn back (scripts/bench.py measures both sides; docs/performance.md has the figures). The thresholds
+# leave a margin, for slower compilers.
 CPU_MIN_TRAIN_STEPS = 10_000  # about 43 epochs of MNIST at batch 256 (the quick budget's 10 stay eager)
 CPU_MIN_EVAL_PAIRS = 25_000_000  # (test image x importance sample) pairs: 5,000 test images at K=5000
 

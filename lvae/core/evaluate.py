@@ -35,9 +35,9 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, compile_mode, use_compile
-from lvae.data.images import ImageData
 from lvae.core.models import HierarchicalVAE, Trace
 from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
+from lvae.data.images import ImageData
 
 BYTES_PER_FLOAT = 4
 # Activations of one evaluation chunk, in MB, unless a caller says otherwise (the run config's default,
@@ -276,7 +276,7 @@ class EvalSettings:
 
 def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
     """Every end-of-run number: test log p(x) (K = settings.iw_samples) and how converged it is,
-    test ELBO, train bound, KL per layer. A measurement: full float32 on CUDA unless allow_tf32.
+    test ELBO, train bound (each also in bits per dimension where the data allow it), KL per layer. A measurement: full float32 on CUDA unless allow_tf32.
     Plain values, except `per_image`: the test estimates of every image as (N,) float64 tensors.
 
     Call `recompute_batchnorm_statistics` first when the model uses batch norm.
@@ -285,7 +285,12 @@ def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettin
     test_images = len(data.test_subset(settings.test_subset))
     compile_chunks = use_compile(settings.compile, device, test_images * settings.iw_samples, CPU_MIN_EVAL_PAIRS)
     with tf32_matmuls(settings.allow_tf32):
-        return {**_evaluate(evaluation_copy(model, compile_chunks), data, settings), "compiled": compile_chunks}
+        results = {**_evaluate(evaluation_copy(model, compile_chunks), data, settings), "compiled": compile_chunks}
+    if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
+        for key in ("test_log_likelihood", "test_elbo", "train_bound"):
+            results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
+            results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
+    return results
 
 
 def evaluation_copy(model: HierarchicalVAE, compile_forward: bool = False) -> HierarchicalVAE:

@@ -20,13 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lvae.core.distributions import (
-    bernoulli_log_prob,
-    gaussian_kl,
-    gaussian_log_prob,
-    precision_weighted_merge,
-    sample_gaussian,
-)
+from lvae.core.distributions import (bernoulli_log_prob, gaussian_kl, gaussian_log_prob, precision_weighted_merge,
+                                     sample_gaussian)
 
 LEAKY_RELU_SLOPE = 0.01  # Lasagne's leaky_rectify, used by the authors' code
 
@@ -412,9 +407,9 @@ class ModelSpec:
     batch_norm: bool = True  # on the MLPs' dense layers
     likelihood: str = "bernoulli"  # "bernoulli" or "gaussian" p(x|z_1)
     min_variance: float = 1e-6  # added to every softplus variance, so that none reaches zero
-    # Where the authors' released code differs from the paper (README, "Where we differ"); off = the paper.
+    # Where the authors' released code differs from the paper (docs/estimators.md, "Where we differ"); off = the paper.
     head_batch_norm: bool = False  # batch norm also on the mean and variance maps (the authors' code)
-    vae_mirror_encoder_widths: bool = False  # the VAE's z_{i+1} -> z_i as wide as its z_i -> z_{i+1} (the authors' code)
+    vae_mirror_encoder_widths: bool = False  # the VAE's z_{i+1} -> z_i as wide as its z_i -> z_{i+1} (authors' code)
     init: str = "pytorch"  # "pytorch" (torch.nn's defaults) or "glorot" (`glorot_init`)
 
 

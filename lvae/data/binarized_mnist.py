@@ -12,7 +12,6 @@ from lvae.data.errors import DatasetInvalidError
 from lvae.data.files import DATA_ROOT_ENV, data_root, download, find_files, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages
 
-
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
 BINARIZED_MNIST_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 

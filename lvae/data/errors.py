@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 class DatasetError(RuntimeError):
     """The dataset cannot be used; the message says where it looked and what to do."""
 

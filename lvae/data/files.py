@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -41,7 +42,8 @@ def missing_error(dataset: str, where: dict[Path, list[str]], download: bool, do
 
 
 def folders_to_create(folders: list[Path]) -> list[Path]:
-    """The folders among `folders` and their parents that do not exist yet, deepest first."""
+    """The folders among `folders` and their parents that do not exist yet, deepest first: what creating them
+    (a download, a run folder) will add, and `remove_empty_folders` takes away again if it fails."""
     absent = set()
     for folder in folders:
         for path in (folder, *folder.parents):
@@ -49,6 +51,14 @@ def folders_to_create(folders: list[Path]) -> list[Path]:
                 break
             absent.add(path)
     return sorted(absent, key=lambda path: len(path.parts), reverse=True)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of `folders` (deepest first, as folders_to_create gives them) that is empty: what a failed
+    download or a refused launch created. One that holds something is not ours to remove."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or gone
+            folder.rmdir()
 
 
 def find_files(dataset: str, folders: list[Path], names: list[str], download: bool,
@@ -68,9 +78,7 @@ def find_files(dataset: str, folders: list[Path], names: list[str], download: bo
             fetch()
         except Exception as error:  # no network, HTTP errors, checksum mismatch
             download_error = error
-        for folder in new_folders:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_empty_folders(new_folders)
         found = [folder for folder, lacking in missing().items() if not lacking]
         if not found and download_error is None:
             download_error = RuntimeError("it ran but left the files missing")

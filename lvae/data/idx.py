@@ -13,7 +13,6 @@ from lvae.data.errors import DatasetInvalidError
 from lvae.data.files import DATA_ROOT_ENV, data_root, find_files, invalid_file, plain_or_gz, read_all, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages
 
-
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IDX_NAMES = [name for pair in IDX_FILES.values() for name in pair]

@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from lvae.data.errors import SubsetError
 
-
 IMAGE_SIZE = 28  # MNIST, Fashion-MNIST, binarized MNIST and OMNIGLOT
 DEQUANTIZATION_SCALE = 256  # x = (pixel + u) / 256 maps the 256 grey levels onto [0, 1)
 ORDER_SEED = 0  # the fixed shuffle of datasets whose files are sorted (see fixed_order)
@@ -139,7 +138,8 @@ class ImageData:
 GREY_LEVELS = "grey levels"  # 8-bit, 0-255: binarize (pixel / intensity_scale), dequantize, or pixel / scale as is
 BINARY = "binary"  # stored 0/1: used as stored
 INTENSITIES = "intensities"  # floats in [0, 1]: binarize, or as is; no dequantization (no 256 levels)
-PIXEL_SCALE = {BINARY: 1, INTENSITIES: 1}  # stored value / scale = intensity in [0, 1]; grey levels: data.intensity_scale
+# Stored value / scale = intensity in [0, 1]; grey levels: data.intensity_scale.
+PIXEL_SCALE = {BINARY: 1, INTENSITIES: 1}
 
 
 class StoredImages(NamedTuple):

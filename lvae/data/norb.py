@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig
 
 from lvae.data.errors import DatasetInvalidError
-from lvae.data.files import DATA_ROOT_ENV, data_root, digest, download, find_files, invalid_file, plain_or_gz, warn_if_partial
+from lvae.data.files import (DATA_ROOT_ENV, data_root, digest, download, find_files, invalid_file, plain_or_gz,
+                             warn_if_partial)
 from lvae.data.images import StoredImages, fixed_order
-
 
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
 NORB_FILES = {  # split -> {images, categories: (file name, MD5 of <name>.gz, as the server holds it)}
@@ -84,7 +84,8 @@ def _norb_images(path: Path) -> torch.Tensor:
             images = torch.frombuffer(bytearray(content), dtype=torch.uint8).view(-1, 1, *image[1:])
             shrunk.append(resize(images, [NORB_IMAGE_SIZE] * 2, InterpolationMode.BICUBIC, antialias=True)[:, 0])
         if stream.read(1):
-            raise invalid_file(path, "NORB", f"it goes on after the {pairs} pairs its header announces", truncated=False)
+            raise invalid_file(path, "NORB", f"it goes on after the {pairs} pairs its header announces",
+                               truncated=False)
         return torch.cat(shrunk)
 
     return _read_norb(path, read)

@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 from lvae.data.files import DATA_ROOT_ENV, data_root, digest, download, find_files, invalid_file, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages, fixed_order
 
-
 OMNIGLOT_URL = "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/chardata.mat"
 # Git's id of datasets/OMNIGLOT/chardata.mat in github.com/yburda/iwae, the SHA-1 of b"blob <size>\0" + the
 # file: a download is checked against the repository itself.
@@ -38,7 +37,8 @@ def _read_chardata(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     try:
         mat = loadmat(path, variable_names=[name for *names, _ in OMNIGLOT_SPLITS.values() for name in names])
     except Exception as error:  # scipy reports damaged files as OSError, ValueError, IndexError, zlib.error, ...
-        raise invalid_file(path, kind, f"scipy cannot read it: {type(error).__name__}: {error}", truncated=True) from error
+        raise invalid_file(path, kind, f"scipy cannot read it: {type(error).__name__}: {error}",
+                           truncated=True) from error
     splits = {}
     for split, (images_name, labels_name, _) in OMNIGLOT_SPLITS.items():
         absent = [name for name in (images_name, labels_name) if name not in mat]

@@ -25,8 +25,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE, WEIGHTS_FILE, write_weights
 from lvae.report.runs import RunRecord
+from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PER_IMAGE_FILE, WEIGHTS_FILE, write_weights
 
 # What `--publish` copies of each run: its numbers, config and per-image estimates, never checkpoints.
 PUBLISHED_FILES = (METRICS_FILE, CONFIG_FILE, PER_IMAGE_FILE)

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from lvae.report.grid import row_label
 from lvae.report.runs import run_setting
 from lvae.run.provenance import numerics_version_of
-from lvae.run.record import (CONFIG_FILE, PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
-                             record_problem, status_of)
+from lvae.run.record import (CONFIG_FILE, PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image,
+                             read_record, record_problem, status_of)
 from lvae.run.summary import variant_name
 
 

@@ -63,7 +63,8 @@ def plot_bounds_vs_epochs(histories: dict[str, list[list[dict]]], path: Path) ->
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:  # the test panel stays empty for runs without curve points
+            ax.legend(fontsize=7)
     train_ax.set_ylabel("nats per image (higher is better)")
     # The first epochs score far below the rest: the y axis starts from the values after the first 5 %.
     last = max(r["epoch"] for seeds in histories.values() for h in seeds for r in h)

@@ -12,9 +12,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
-from lvae.run.summary import variant_label
 from lvae.report.paper_numbers import PAPER_ORDER
 from lvae.report.runs import RunRecord, code_mark
+from lvae.run.summary import variant_label
 
 QUANTITIES = {  # metrics.json key -> what it is (the three panels of the paper's Figure 3)
     "train_bound": "Train bound",

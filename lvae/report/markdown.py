@@ -8,11 +8,12 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
-from lvae.run.record import Status
-from lvae.run.summary import describe_test_images, format_bound, variant_name
 from lvae.report.grid import Grid, active_units_of, format_cell, mean_of, panel_titles, row_label
 from lvae.report.paper_numbers import PAPER_NUMBERS, budget_deviations, paper_cell
 from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, code_mark
+from lvae.run.record import Status
+from lvae.run.summary import describe_test_images, format_bound, variant_name
+
 
 def markdown_table(records: list[RunRecord]) -> str:
     """One line per run: its row label in the tables (a fine-tuned run as "... + fine-tuning"), its length and

@@ -13,6 +13,7 @@ from lvae.report.markdown import results_markdown
 from lvae.report.paper_numbers import OTHER_ARCHITECTURE, PAPER_NUMBERS, budget_deviations
 from lvae.report.runs import RunRecord
 
+
 def write_csv(grid: Grid, path: Path) -> None:
     """One line per variant, depth and quantity: mean, std over seeds, counts, the paper's number."""
     quantities = {**{q: mean_of(q) for q in QUANTITIES},

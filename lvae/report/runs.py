@@ -19,13 +19,13 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lvae.report.paper_numbers import BUDGET_KEYS
 from lvae.run.config import complete_config, config_to_dict
 from lvae.run.identity import run_defining_values
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of
-from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config,
-                             read_per_image, read_record, record_problem, status_of)
+from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config, read_per_image,
+                             read_record, record_problem, status_of)
 from lvae.run.sweep import Job, jobs_of_sweep_dir
-from lvae.report.paper_numbers import BUDGET_KEYS
 
 log = logging.getLogger(__name__)
 

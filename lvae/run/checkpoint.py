@@ -19,7 +19,6 @@ import torch
 
 from lvae.run.folder import atomic_write, os_error_behind
 
-
 FORMAT_VERSION = 2  # 2 adds the checksum; format 1 files (no checksum) still load
 HEADER_KEYS = ("format_version", "sha256")
 

@@ -17,9 +17,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from lvae.core.models import ModelSpec
 from lvae.data import DATASETS as DATASET_REGISTRY
+from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
 from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
 
 

@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from lvae.core.models import merge_separate_head_maps
 from lvae.run.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 from lvae.run.config import ConfigError
-from lvae.core.models import merge_separate_head_maps
 from lvae.run.record import CHECKPOINT_FILE, is_complete, read_record, status_of
 
 

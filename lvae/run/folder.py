@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-
+from lvae.data.files import folders_to_create, remove_empty_folders
 
 LOCK_FILE = ".lock"
 
@@ -51,7 +51,7 @@ def hold_run_dir(run_dir: Path) -> Iterator[RunDirHold]:
     gets. A hold released before `accepted` removes the lock file and the folders it created
     (when they are empty), so that a refused launch leaves the folder as it found it.
     """
-    new_folders = folders_to_create(run_dir)
+    new_folders = folders_to_create([run_dir])
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
     hold = RunDirHold()
@@ -113,25 +113,6 @@ def _lock(run_dir: Path, lock: Path) -> tuple[int, bool]:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 return fd, created
         os.close(fd)
-
-
-def folders_to_create(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    absent = []
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        absent.append(folder)
-    return absent
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove each of `folders` (deepest first) that is empty: what a refused launch created."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or gone): it holds something that is not ours to remove
-            return
 
 
 def _lock_holder(fd: int) -> str:

@@ -6,8 +6,6 @@ import logging
 import sys
 
 
-
-
 class RunLogFile(logging.FileHandler):
     """The run's log file (Hydra's job log, configs/hydra/job_logging/run_log.yaml), written only once
     the run is accepted (`open_run_logs`): until then its records wait in memory, so that a launch that

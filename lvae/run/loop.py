@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 
 from lvae.core.analysis import ACTIVITY_THRESHOLD
 from lvae.core.compiling import CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from lvae.data.images import ImageData
 from lvae.core.evaluate import curve_interval, curve_point
-from lvae.run.finetune import set_learning_rate
 from lvae.core.models import HierarchicalVAE
 from lvae.core.objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
-from lvae.run.settings import curve_settings
+from lvae.data.images import ImageData
+from lvae.run.finetune import set_learning_rate
 from lvae.run.outcomes import (DIVERGED_NATS_PER_PIXEL, RunFailed, RunInterrupted, StopRequest, describe_position,
-                                 divergence_floor, signal_name)
+                               divergence_floor, signal_name)
+from lvae.run.settings import curve_settings
 
 
 @dataclass
@@ -125,7 +125,7 @@ def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: 
                                                 foreach=True)
             if device.type != "cpu" or grad_norm > tc.grad_clip_norm:
                 nn.utils.clip_grads_with_norm_(model.parameters(), tc.grad_clip_norm, grad_norm, foreach=True)
-            if tc.grad_clip_value is not None:  # the authors' code also clips each entry (README, "Where we differ")
+            if tc.grad_clip_value is not None:  # the authors' code also clips each entry (docs/estimators.md, "Where we differ")
                 nn.utils.clip_grad_value_(model.parameters(), tc.grad_clip_value)
             optimizer.step()
             with torch.no_grad():

@@ -7,6 +7,7 @@ A run folder (Hydra's output dir, or any folder given to `lvae.run.train.run`) h
     metrics.json     the record: status, end-of-run numbers, per-epoch history, provenance
     per_image.pt     every evaluated test image's estimates and its index in the test set
     tensorboard/     scalars per epoch
+    analysis.json    the end-of-run analysis (active units, digit accuracy per layer), beside its figures
     weights.pt       (a published run, instead of checkpoint.pt) the model alone: `write_weights`
     .lock            held by the one process that works on the run (lvae.run.folder.hold_run_dir)
 
@@ -28,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lvae.run.checkpoint import load_checkpoint, load_failure, save_checkpoint
-from lvae.run.folder import atomic_write, write_json
 from lvae.run.config import complete_config, config_to_dict, evaluation_settings, run_differences
+from lvae.run.folder import atomic_write, write_json
 from lvae.run.provenance import numerics_version_of
 
 CONFIG_FILE = "config.yaml"

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lvae.run.checkpoint import RUN_ADVICE, CheckpointError, load_checkpoint, state_dict_mismatch
-from lvae.run.config import resolve_device, run_differences, schema_defaults
+from lvae.core.models import HierarchicalVAE, build_model, merge_separate_head_maps
 from lvae.data import load_dataset
 from lvae.data.images import ImageData
-from lvae.core.models import HierarchicalVAE, build_model, merge_separate_head_maps
-from lvae.run.settings import model_spec
+from lvae.run.checkpoint import RUN_ADVICE, CheckpointError, load_checkpoint, state_dict_mismatch
+from lvae.run.config import resolve_device, run_differences, schema_defaults
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, RecordError, read_config, read_record
+from lvae.run.settings import model_spec
 
 # What reading a run back needs, each entry a file or files of which one is enough: the weights
 # come from the checkpoint when the folder holds one (a run's own folder), else from weights.pt.

@@ -1,12 +1,6 @@
 """One run: train a model, then evaluate it, in a run directory that survives crashes.
 
-Run directory (Hydra's output dir, or any folder given to `run`):
-    config.yaml      the fully resolved config
-    checkpoint.pt    model, optimiser, training position, RNG states and their checksum (weights_only=True)
-    metrics.json     status, end-of-run numbers, per-epoch history, provenance
-    per_image.pt     the test log-likelihood and test ELBO of every test image (float64 tensors)
-    tensorboard/     scalars per epoch
-    .lock            held by the one process that works on the run (see lvae.run.folder.hold_run_dir)
+The run directory is Hydra's output dir, or any folder given to `run`; lvae/run/record.py lists its files.
 
 A run holds its directory from start to end; a second process there stops with a
 message (RunDirBusy). Nothing in the directory changes until the run is accepted
@@ -26,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -39,26 +32,25 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.core.analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
-from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, state_dict_mismatch)
-from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
-from lvae.run.logs import open_run_logs
-from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from lvae.core.evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
+from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps
 from lvae.data import load_dataset
 from lvae.data.images import ImageData
-from lvae.core.evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
-from lvae.run.finetune import load_initial_weights
-from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps
-from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
-from lvae.run.settings import eval_settings, model_spec
-from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, TENSORBOARD_DIR, Status, is_complete,
-                             is_complete_for, differences_from_stored, read_config, read_record, run_identity,
-                             write_per_image, write_record)
-from lvae.run.summary import format_run
-
-
+from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
+                                 save_checkpoint, state_dict_mismatch)
+from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from lvae.run.finetune import load_initial_weights
+from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
+from lvae.run.logs import open_run_logs
 from lvae.run.loop import TrainingState, new_optimizer, seed_everything, train_model
 from lvae.run.outcomes import RunFailed, RunInterrupted, RunWriteFailed, StopRequest, describe_position, signal_name
+from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of, provenance
+from lvae.run.record import (ANALYSIS_FILE, CHECKPOINT_FILE, CONFIG_FILE, TENSORBOARD_DIR, Status,
+                             differences_from_stored, is_complete, is_complete_for, read_config, read_record,
+                             run_identity, write_per_image, write_record)
+from lvae.run.settings import eval_settings, model_spec
+from lvae.run.summary import format_run
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +315,6 @@ def _evaluate(session: _Session, writer: SummaryWriter) -> tuple[dict, ActiveUni
     results = evaluate_model(model, data, eval_settings(cfg))
     per_image = results.pop("per_image")
     write_per_image(session.run_dir, per_image)
-    if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
-        for key in ("test_log_likelihood", "test_elbo", "train_bound"):
-            results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
-            results[key]["bits_per_dim_stderr"] = results[key]["stderr"] / (data.dim * math.log(2))
     for key in ("test_log_likelihood", "test_elbo", "train_bound"):
         writer.add_scalar(f"eval/{key}", results[key]["mean"], epochs)
     indices, images = data.test_sample(cfg.eval.test_subset)

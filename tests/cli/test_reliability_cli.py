@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from lvae.run.checkpoint import load_checkpoint
+from tests.run.test_reliability import TINY
 
 from ..helpers import REPO
 from ..helpers.datasets import write_synthetic_mnist
 from ..helpers.reproducibility import differences_between_runs
-from tests.run.test_reliability import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lvae.run.config import CONFIG_DIR, compose_config
-from lvae.run.provenance import NUMERICS_VERSION
 from lvae.cli.report import main as report_main
+from lvae.cli.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs,
+                                estimate_run)
+from lvae.cli.reproduce import main as reproduce_main
 from lvae.report.paper_numbers import BUDGET_KEYS
 from lvae.report.runs import collect_runs
-from lvae.cli.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, describe_other_code, estimate_jobs, estimate_run,
-                             main as reproduce_main)
+from lvae.run.config import CONFIG_DIR, compose_config
+from lvae.run.provenance import NUMERICS_VERSION
 from lvae.run.sweep import expand_overrides, sweep_jobs
 
 from ..helpers import REPO

@@ -3,13 +3,8 @@
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from lvae.core.distributions import (
-    bernoulli_log_prob,
-    gaussian_kl,
-    gaussian_log_prob,
-    precision_weighted_merge,
-    sample_gaussian,
-)
+from lvae.core.distributions import (bernoulli_log_prob, gaussian_kl, gaussian_log_prob, precision_weighted_merge,
+                                     sample_gaussian)
 
 torch.manual_seed(0)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvae.run.config import compose_config
-from lvae.data.images import ImageData
 from lvae.core.evaluate import evaluate_model
 from lvae.core.objectives import elbo, kl_per_layer, log_importance_weights, training_bound
+from lvae.data.images import ImageData
+from lvae.run.config import compose_config
 from lvae.run.settings import eval_settings
 
 from ..helpers.elbo_cases import CASES, DRAWS, FLOAT_TOLERANCE, MODELS, STRONG_VARIANCE, Z, assert_unbiased, setup

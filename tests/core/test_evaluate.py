@@ -8,16 +8,8 @@ import math
 import torch
 from torch import nn
 
-from lvae.core.evaluate import (
-    BYTES_PER_FLOAT,
-    IMAGE_GROUP,
-    chunk_layout,
-    chunk_shape,
-    iw_estimates,
-    iw_log_likelihood,
-    iw_log_likelihood_halves,
-    recompute_batchnorm_statistics,
-)
+from lvae.core.evaluate import (BYTES_PER_FLOAT, IMAGE_GROUP, chunk_layout, chunk_shape, iw_estimates,
+                                iw_log_likelihood, iw_log_likelihood_halves, recompute_batchnorm_statistics)
 from lvae.core.models import BottomUpVAE
 
 from ..helpers.linear_gaussian import LinearGaussian, set_head

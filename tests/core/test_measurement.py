@@ -7,14 +7,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lvae.run.config import ConfigError, compose_config, validate
+from lvae.core.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
+from lvae.core.models import build_model
 from lvae.data import load_dataset
 from lvae.data.errors import SubsetError
 from lvae.data.images import ImageData, fixed_permutation
-from lvae.core.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
-from lvae.core.models import build_model
-from lvae.run.settings import eval_settings
-from lvae.run.settings import model_spec
+from lvae.run.config import ConfigError, compose_config, validate
+from lvae.run.settings import eval_settings, model_spec
 from lvae.run.summary import describe_test_images
 
 D = 20

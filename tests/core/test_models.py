@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from lvae.run.config import compose_config
 from lvae.core.distributions import precision_weighted_merge
 from lvae.core.models import BottomUpVAE, GaussianHead, LadderVAE, ModelSpec, build_model
 from lvae.core.objectives import training_bound
+from lvae.run.config import compose_config
 from lvae.run.settings import model_spec
-
 
 D, B, S = 20, 8, 3
 

@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from lvae.core.models import ModelSpec, build_model
-from lvae.core.objectives import (
-    elbo,
-    iw_bound,
-    kl_warmup_weight,
-    log_importance_weights,
-    training_bound,
-)
+from lvae.core.objectives import elbo, iw_bound, kl_warmup_weight, log_importance_weights, training_bound
 
 
 def _model_and_data(name="lvae"):

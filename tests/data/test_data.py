@@ -7,11 +7,10 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from lvae.run.config import compose_config
 from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
 from lvae.data.files import default_data_root
-
+from lvae.run.config import compose_config
 
 CPU = torch.device("cpu")
 

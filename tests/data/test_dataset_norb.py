@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 import lvae.data
-import lvae.data.norb
 import lvae.data.files
-from lvae.run.config import validate
+import lvae.data.norb
 from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
 from lvae.data.norb import NORB_FILES
+from lvae.run.config import validate
 from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg

@@ -15,9 +15,9 @@ import torch
 
 import lvae.data
 import lvae.data.omniglot
-from lvae.run.config import validate
 from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
+from lvae.run.config import validate
 from lvae.run.train import run
 
 from .test_datasets import CPU, TINY, _cfg

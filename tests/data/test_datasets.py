@@ -14,10 +14,10 @@ import torch
 
 import lvae.data
 import lvae.data.idx
-from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
 from lvae.data.images import ImageData, bits_per_dim
+from lvae.run.config import ConfigError, compose_config, validate
 from lvae.run.train import run
 from tests.helpers.tiny_run import tiny_run
 

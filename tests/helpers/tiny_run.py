@@ -1,4 +1,5 @@
-"""The overrides of a run small enough for a test: seconds on a CPU, on the synthetic MNIST of tests/helpers/datasets.py.
+"""The overrides of a run small enough for a test: seconds on a CPU, on the synthetic MNIST of
+tests/helpers/datasets.py.
 
 Later overrides win (`tiny_run("train.epochs=2")`), so a test names only what it is about.
 """

@@ -8,12 +8,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from lvae.cli.analyze import main
 from lvae.core.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
+from lvae.core.models import build_model
 from lvae.data.images import ImageData
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze
-from lvae.cli.analyze import main
 from lvae.run.config import compose_config
-from lvae.core.models import build_model
 from lvae.run.settings import model_spec
 from lvae.run.train import run
 

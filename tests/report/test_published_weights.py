@@ -10,10 +10,10 @@ import torch
 
 import lvae
 from lvae.cli.analyze import main as analyze_main
+from lvae.cli.report import main as report_main
 from lvae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvae.run.config import compose_config
 from lvae.run.provenance import NUMERICS_VERSION
-from lvae.cli.report import main as report_main
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, RecordError, read_record
 from lvae.run.stored import RunDirError, check_run_dir, stored_run, trained_model
 from lvae.run.train import run

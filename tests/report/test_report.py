@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
-from lvae.run.provenance import NUMERICS_VERSION
 from lvae.cli.report import main
 from lvae.report.grid import build_grid
 from lvae.report.markdown import budget_summary, markdown_table
 from lvae.report.paper_numbers import paper_cell
 from lvae.report.runs import OTHER_CODE_NOTE, RunRecord, collect_runs, find_run_dirs
+from lvae.run.provenance import NUMERICS_VERSION
 
 
 def _metrics(model: str, ll: float) -> dict:

@@ -15,13 +15,12 @@ import torch
 from torch._inductor import config as inductor_config
 
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, compiled, use_compile
-from lvae.run.config import compose_config
-from lvae.data.images import ImageData
 from lvae.core.evaluate import evaluate_model
 from lvae.core.models import build_model
-from lvae.run.settings import eval_settings
-from lvae.run.settings import model_spec
+from lvae.data.images import ImageData
+from lvae.run.config import compose_config
 from lvae.run.loop import training_forward
+from lvae.run.settings import eval_settings, model_spec
 
 from ..helpers.elbo_cases import assert_unbiased, setup
 

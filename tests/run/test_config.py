@@ -8,11 +8,11 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
-from lvae.run.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
-from lvae.data import DATASETS
 from lvae.core.evaluate import CurveSettings, EvalSettings
 from lvae.core.models import MODELS
+from lvae.data import DATASETS
 from lvae.run.analysis import AnalysisSettings
+from lvae.run.config import ConfigError, DatasetName, ModelName, compose_config, config_to_dict, validate
 from lvae.run.settings import curve_settings, eval_settings
 
 from ..helpers import REPO

@@ -10,14 +10,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lvae.core.evaluate import curve_point, fold_batchnorm, iw_log_likelihood
+from lvae.core.evaluate import CURVE_POINTS, curve_interval, curve_point, fold_batchnorm, iw_log_likelihood
 from lvae.core.models import build_model
 from lvae.data.images import ImageData
-from lvae.run.settings import curve_settings, model_spec
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import ConfigError, compose_config, validate
-from lvae.core.evaluate import CURVE_POINTS, curve_interval
 from lvae.run.record import is_complete_for
+from lvae.run.settings import curve_settings, model_spec
 from lvae.run.train import run
 from tests.helpers.tiny_run import tiny_run
 
@@ -80,7 +79,8 @@ def test_a_curve_points_test_bound_is_the_k_sample_bound_with_the_configured_k()
     folded = fold_batchnorm(model)
 
     def bound(k: int) -> float:
-        return iw_log_likelihood(folded, images, k, settings.memory_budget_mb, indices=indices, seed=cfg.seed).mean().item()
+        estimates = iw_log_likelihood(folded, images, k, settings.memory_budget_mb, indices=indices, seed=cfg.seed)
+        return estimates.mean().item()
 
     assert point["test_bound"] == bound(16) and point["iw_samples"] == 16
     assert point["test_bound"] not in (bound(1), bound(64))

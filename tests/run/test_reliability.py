@@ -21,11 +21,11 @@ import lvae.run.checkpoint
 import lvae.run.folder
 import lvae.run.loop
 import lvae.run.train
-from lvae.run.checkpoint import CheckpointError, load_checkpoint
-from lvae.run.folder import RunDirBusy, atomic_write, hold_run_dir
-from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError
+from lvae.run.checkpoint import CheckpointError, load_checkpoint
+from lvae.run.config import ConfigError, compose_config, validate
+from lvae.run.folder import RunDirBusy, atomic_write, hold_run_dir
 from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.train import run
 
@@ -61,8 +61,8 @@ def two_epochs(tmp_path_factory):
 
 @pytest.fixture
 def signal_at(monkeypatch):
-    """signal_at(signum, where, call): `where` (a function that lvae.run.train or lvae.run.loop calls) sends signum to this
-    process on its call-th call, as SLURM or Ctrl-C would. The default actions (exit, or
+    """signal_at(signum, where, call): `where` (a function that lvae.run.train or lvae.run.loop calls) sends signum
+    to this process on its call-th call, as SLURM or Ctrl-C would. The default actions (exit, or
     KeyboardInterrupt) are replaced meanwhile, so that a run that fails to handle a signal
     fails its test instead of ending pytest."""
     class Unhandled(Exception):

@@ -29,15 +29,15 @@ import lvae.run.folder
 import lvae.run.logs
 import lvae.run.loop
 import lvae.run.train
-from lvae.run.checkpoint import CheckpointError, load_checkpoint
-from lvae.run.folder import hold_run_dir
-from lvae.run.logs import RunLogFile
 from lvae.cli.train_command import EXIT_BAD_INPUT, check_command_line
-from lvae.run.config import ConfigError, compose_config, validate
 from lvae.data.errors import DatasetNotFoundError
 from lvae.report.runs import find_run_dirs
-from lvae.run.record import read_record
+from lvae.run.checkpoint import CheckpointError, load_checkpoint
+from lvae.run.config import ConfigError, compose_config, validate
+from lvae.run.folder import hold_run_dir
+from lvae.run.logs import RunLogFile
 from lvae.run.outcomes import RunFailed, StopRequest, divergence_floor
+from lvae.run.record import read_record
 from lvae.run.train import run
 
 from ..helpers import REPO

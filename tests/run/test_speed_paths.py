@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lvae.run.config import compose_config
-from lvae.data.images import ImageData
 from lvae.core.models import (BottomUpLayer, GaussianHead, StochasticLayer, build_model, has_separate_head_maps,
-                         merge_separate_head_maps)
+                              merge_separate_head_maps)
+from lvae.data.images import ImageData
+from lvae.run.config import compose_config
+from lvae.run.loop import training_forward
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.run.settings import model_spec
 from lvae.run.stored import trained_model
-from lvae.run.loop import training_forward
 
 D, B, S = 20, 8, 3
 

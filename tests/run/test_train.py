@@ -8,18 +8,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.helpers.tiny_run import TINY_MODEL
-from lvae.run.checkpoint import load_checkpoint
-from lvae.run.config import compose_config
-from lvae.data import load_dataset
-from lvae.data.images import ImageData
 from lvae.core.evaluate import iw_log_likelihood
 from lvae.core.models import build_model
+from lvae.data import load_dataset
+from lvae.data.images import ImageData
+from lvae.run.checkpoint import load_checkpoint
+from lvae.run.config import compose_config
+from lvae.run.loop import train_model
 from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
 from lvae.run.settings import model_spec
-from lvae.run.loop import train_model
 from lvae.run.train import run
-
+from tests.helpers.tiny_run import TINY_MODEL
 
 SMALL = ("model.hidden_sizes=[64,32,16]", "model.latent_sizes=[8,4,2]")
 
@@ -148,7 +147,8 @@ def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnis
 
 
 @pytest.mark.parametrize("script, recorded", [
-    (str(REPO_ROOT / "lvae" / "cli" / "__main__.py"), "lvae/cli/__main__.py"),  # python -m lvae.cli, or a worktree's absolute path
+    # python -m lvae.cli, or a worktree's absolute path
+    (str(REPO_ROOT / "lvae" / "cli" / "__main__.py"), "lvae/cli/__main__.py"),
     ("train.py", "train.py"),
     ("/elsewhere/train.py", "/elsewhere/train.py"),
 ])
