@@ -20,13 +20,14 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from lvae.core.analysis import (ActiveUnits, active_units, image_grid, nearest_centroid_accuracy, plot_active_units,
-                                plot_kl_history, plot_pca, posterior_samples, reconstruction_rows, seeded_rng)
+from lvae.core.analysis import (ActiveUnits, active_units, nearest_centroid_accuracy, posterior_samples,
+                                reconstruction_rows, seeded_rng)
 from lvae.core.evaluate import DEFAULT_MEMORY_BUDGET_MB
 from lvae.core.models import HierarchicalVAE
 from lvae.data import load_dataset
 from lvae.data.images import ImageData
 from lvae.run.config import resolve_device
+from lvae.run.figures import image_grid, plot_active_units, plot_kl_history, plot_pca
 from lvae.run.folder import naming_failures, write_json
 from lvae.run.record import ANALYSIS_FILE, is_complete, read_record
 from lvae.run.stored import check_run_dir, stored_run, trained_model

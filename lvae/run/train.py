@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from lvae.core.analysis import ActiveUnits, active_units, log_to_tensorboard, seeded_rng
+from lvae.core.analysis import ActiveUnits, active_units, seeded_rng
 from lvae.core.evaluate import evaluate_model, recompute_batchnorm_statistics, tf32_matmuls
 from lvae.core.models import HierarchicalVAE, build_model, has_separate_head_maps
 from lvae.data import load_dataset
@@ -40,6 +40,7 @@ from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_r
 from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                  save_checkpoint, state_dict_mismatch)
 from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from lvae.run.figures import log_to_tensorboard
 from lvae.run.finetune import load_initial_weights
 from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
 from lvae.run.logs import open_run_logs

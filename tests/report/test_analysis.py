@@ -9,7 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.cli.analyze import main
-from lvae.core.analysis import active_units, log_to_tensorboard, pca_2d, posterior_samples
+from lvae.core.analysis import active_units, pca_2d, posterior_samples
+from lvae.run.figures import log_to_tensorboard
 from lvae.core.models import build_model
 from lvae.data.images import ImageData
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze
@@ -192,7 +193,7 @@ def test_nearest_class_mean_accuracy_is_one_for_separated_classes_and_chance_for
 
 
 def test_pca_is_drawn_for_digits_for_many_classes_and_for_a_dataset_without_classes(tmp_path):
-    from lvae.core.analysis import plot_pca
+    from lvae.run.figures import plot_pca
 
     samples = {"run": [torch.randn(60, 4), torch.randn(60, 2)]}
     for name, labels in (("digits", torch.arange(60) % 10), ("many", torch.arange(60) % 50),
