@@ -68,7 +68,7 @@ def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
     if written_by != NUMERICS_VERSION:
         layout = ", with separate mean and variance maps per Gaussian head" if written_by == 1 else ""
         raise CheckpointError(f"checkpoint {path} was written by another lvae (numerics version {written_by}{layout}; "
-                              f"this one is {NUMERICS_VERSION}, lvae/provenance.py says what changed); resuming it "
+                              f"this one is {NUMERICS_VERSION}, lvae/run/provenance.py says what changed); resuming it "
                               "would finish the run with other numerics than it started with. It was left untouched: "
                               "finish the run with the lvae commit its record names, or start it afresh in another "
                               "run directory.")
