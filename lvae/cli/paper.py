@@ -79,14 +79,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_whole(records: list[RunRecord], out: Path) -> Path:
     """`write_paper` into a temporary folder beside `out`, then that folder in out's place; returns index.md's
-    path. Called under out's lock, so what a killed lvae.paper left beside `out` is nobody's work in progress."""
+    path. Called under out's lock, so what a killed lvae.paper left beside `out` is nobody's work in progress.
+    The new folder keeps what the old one holds of the records it is written from (results/paper-quick/runs
+    lies inside results/paper-quick), and the analysis of runs whose weights are gone (write_paper's previous)."""
     writing, replaced = out.parent / f".{out.name}.writing", out.parent / f".{out.name}.replaced"
     if replaced.is_dir() and not out.exists():  # killed between the two renames below: the old folder comes back
         replaced.rename(out)
     for leftover in (writing, replaced):
         shutil.rmtree(leftover, ignore_errors=True)
     try:
-        index = write_paper(records, writing)
+        writing.mkdir()
+        for entry in entries_holding_records(records, out):
+            shutil.copytree(out / entry, writing / entry, symlinks=True)
+        index = write_paper(records, writing, previous=out)
     except BaseException:
         shutil.rmtree(writing, ignore_errors=True)
         raise
@@ -95,6 +100,13 @@ def write_whole(records: list[RunRecord], out: Path) -> Path:
     writing.rename(out)
     shutil.rmtree(replaced, ignore_errors=True)
     return out / index.name
+
+
+def entries_holding_records(records: list[RunRecord], out: Path) -> list[str]:
+    """The names of out's entries that hold a record's run folder: the input that a new folder must keep."""
+    inside = [r.run_dir.resolve().relative_to(out.resolve()) for r in records
+              if out.exists() and r.run_dir.resolve().is_relative_to(out.resolve())]
+    return sorted({path.parts[0] for path in inside if path.parts})
 
 
 if __name__ == "__main__":

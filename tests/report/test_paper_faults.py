@@ -123,8 +123,8 @@ def test_a_full_disk_while_writing_names_the_file_and_leaves_the_folder_as_it_wa
     before = _previous_paper(runs, out, capsys)
     write_paper = lvae.cli.paper.write_paper
 
-    def fills_up(records, folder):
-        write_paper(records, folder)  # a whole new folder, then the disk is full
+    def fills_up(records, folder, **kwargs):
+        write_paper(records, folder, **kwargs)  # a whole new folder, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "index.md"))
 
     monkeypatch.setattr(lvae.cli.paper, "write_paper", fills_up)
@@ -138,8 +138,8 @@ def test_a_signal_while_writing_leaves_the_folder_as_it_was(runs, tmp_path, monk
     before = _previous_paper(runs, out, capsys)
     write_paper = lvae.cli.paper.write_paper
 
-    def interrupted(records, folder):
-        write_paper(records, folder)
+    def interrupted(records, folder, **kwargs):
+        write_paper(records, folder, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(lvae.cli.paper, "write_paper", interrupted)
@@ -197,3 +197,15 @@ def test_reproduce_refuses_a_bad_budget_or_override_in_one_message(capsys, argv,
         reproduce_main(["--dry-run", *argv])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and said in err and "Traceback" not in err, err
+
+
+def test_a_folder_written_again_from_the_records_it_holds_keeps_them_and_its_analysis(tmp_path, capsys):
+    """results/paper-quick is written from its own runs/ (records without weights): written again in whole, it
+    keeps runs/ and the analysis/ that the runs' checkpoints once gave it."""
+    out = tmp_path / "paper-quick"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "results" / "paper-quick", out)
+    records_before = sorted(path.relative_to(out) for path in (out / "runs").rglob("*") if path.is_file())
+    code, said, _ = _paper(capsys, "--from", str(out / "runs"), "--out", str(out))
+    assert code == 0, said
+    assert sorted(path.relative_to(out) for path in (out / "runs").rglob("*") if path.is_file()) == records_before
+    assert (out / "analysis" / "pca.png").is_file() and (out / "index.md").is_file()
