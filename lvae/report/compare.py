@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lvae.report.grid import row_label
-from lvae.report.runs import run_setting
+from lvae.report.runs import fine_tuning_base, run_setting
 from lvae.run.provenance import numerics_version_of
-from lvae.run.record import (CONFIG_FILE, PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image,
-                             read_record, record_problem, status_of)
+from lvae.run.record import (PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
+                             record_problem, status_of)
 from lvae.run.summary import variant_name
 
 
@@ -88,14 +88,13 @@ def read_estimates(path: Path) -> RunEstimates:
 
 def _setting_with_base(path: Path, config: DictConfig) -> dict:
     """The run's setting as the reports label a row: a fine-tuned run as its base run's variant + fine-tuning,
-    its base found where init_from says, or beside the run under the same name (a published folder)."""
+    its base found as a report finds it (fine_tuning_base), the run beside it being the report's other run."""
     setting = run_setting(config)
-    base = Path(setting["init_from"]) if setting.get("init_from") else None
-    for candidate in ([base, path.parent / base.name] if base else []):
-        base_config = read_config(candidate) if (candidate / CONFIG_FILE).is_file() else None
-        if base_config is not None:
-            setting["init_from.setting"] = run_setting(base_config)
-            break
+    if setting.get("init_from"):
+        beside = path.parent / Path(setting["init_from"]).name
+        named = {beside.name: run_setting(base)} if (base := read_config(beside)) is not None else {}
+        if base_setting := fine_tuning_base(setting["init_from"], named):
+            setting["init_from.setting"] = base_setting
     return setting
 
 

@@ -168,8 +168,12 @@ def _add_fine_tuning_bases(records: list[RunRecord]) -> None:
     named = {record.run_dir.name: record.setting for record in records if record.setting}
     for record in records:
         init_from = (record.setting or {}).get("init_from")
-        if init_from:
-            base = read_config(Path(init_from))
-            base_setting = run_setting(base) if base is not None else named.get(Path(init_from).name)
-            if base_setting:
-                record.setting["init_from.setting"] = base_setting
+        if init_from and (base_setting := fine_tuning_base(init_from, named)):
+            record.setting["init_from.setting"] = base_setting
+
+
+def fine_tuning_base(init_from: str, named: dict[str, dict]) -> dict | None:
+    """The setting of the run that a fine-tuned run started from: read from that folder, else that of the run
+    of the same folder name in `named` (folder name -> setting: a published copy of both)."""
+    base = read_config(Path(init_from))
+    return run_setting(base) if base is not None else named.get(Path(init_from).name)
