@@ -1,6 +1,6 @@
 """lvae: a reproduction of Ladder Variational Autoencoders (Sønderby et al., NIPS 2016).
 
-The Python face, for notebooks and scripts (no Hydra, no config objects):
+The Python face, for notebooks and scripts (no Hydra to call; a run's .config is a plain dataclass):
 
     run = lvae.load_run("outputs/runs/model=lvae,layers=5")  # .model (eval mode), .config, .data, .metrics
     log_px = lvae.iw_log_likelihood(run.model, run.data.test[:100], k=5000)  # (100,) float64, nats

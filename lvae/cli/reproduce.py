@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
@@ -35,7 +34,7 @@ from lvae.core.evaluate import curve_interval
 from lvae.core.models import build_model
 from lvae.report.output import write_report
 from lvae.report.runs import collect_runs
-from lvae.run.config import ConfigError, validate
+from lvae.run.config import Config, ConfigError, validate
 from lvae.run.provenance import is_current_numerics
 from lvae.run.record import is_complete, is_complete_for, read_record
 from lvae.run.settings import model_spec
@@ -76,16 +75,16 @@ class Estimate:
                         self.evaluate + other.evaluate, self.overhead + other.overhead)
 
 
-def matmul_share(cfg: DictConfig) -> float:
+def matmul_share(cfg: Config) -> float:
     """The run's dense-layer weights (its matmul work per sample) as a share of the same model with 5 layers,
     on which the rates were measured."""
     def weights(layers: int) -> int:
-        model = build_model(model_spec(OmegaConf.merge(cfg, {"layers": layers})), MNIST_PIXELS)
+        model = build_model(model_spec(replace(cfg, layers=layers)), MNIST_PIXELS)
         return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     return weights(cfg.layers) / weights(5)
 
 
-def estimate_run(cfg: DictConfig, epochs_done: int = 0) -> Estimate:
+def estimate_run(cfg: Config, epochs_done: int = 0) -> Estimate:
     """Seconds that the run `cfg` takes on the reference machine, from epoch `epochs_done` on: its training
     steps (compiled or eager, as `auto` decides on a CPU), its training-curve points and its evaluation."""
     share = matmul_share(cfg)

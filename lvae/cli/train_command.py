@@ -47,7 +47,7 @@ from lvae.data.files import folders_to_create, remove_empty_folders
 from lvae.run.checkpoint import CheckpointError
 # CONFIG_DIR is absolute, so that the same configs serve `python train.py`, `python -m lvae.cli`
 # and the console script, from any directory.
-from lvae.run.config import CONFIG_DIR, ConfigError, check_setting_name, resolve_device, validate
+from lvae.run.config import CONFIG_DIR, Config, ConfigError, check_setting_name, resolve_device, to_config, validate
 from lvae.run.folder import RunDirBusy
 from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.record import CHECKPOINT_FILE, RecordError
@@ -72,6 +72,7 @@ def train() -> None:
 def _train(cfg: DictConfig) -> float:
     """Train and evaluate one run; returns the test log-likelihood (for sweepers).
 
+    Hydra's tree becomes the typed Config here, once (lvae.run.config.to_config): the run below takes that.
     Expected failures end with one clear message. A single run exits non-zero at
     once; in a sweep the error is raised, so that Hydra reports the failed job.
     """
@@ -80,7 +81,7 @@ def _train(cfg: DictConfig) -> float:
     if cfg.resume and not (run_dir / CHECKPOINT_FILE).exists():
         _refuse(f"resume={cfg.resume}: no {CHECKPOINT_FILE} in that directory.", EXIT_BAD_INPUT)
     try:
-        metrics = run(cfg, run_dir, _launch_record(cfg))
+        metrics = run(to_config(cfg), run_dir, _launch_record(cfg))
     except RunInterrupted as stop:
         log.warning("%s in %s; run the same command again to resume.", stop, run_dir)
         sys.exit(128 + stop.signum)
@@ -168,7 +169,7 @@ def check_command_line(args: Sequence[str]) -> None:
         _exit_before_hydra(hydra_message(error))
 
 
-def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfig:
+def _single_run_config(task: list[str], hydra_overrides: list[str]) -> Config:
     """The config of `train.py <task> <hydra_overrides>` without -m; refuses a preset that is a sweep."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="train"):
         cfg = compose("config", overrides=[*task, *hydra_overrides], return_hydra_config=True)
@@ -179,7 +180,7 @@ def _single_run_config(task: list[str], hydra_overrides: list[str]) -> DictConfi
                           "(python train.py -m ...); without -m it would run one arbitrary job of it.")
     with open_dict(cfg):
         del cfg["hydra"]
-    return cfg
+    return to_config(cfg)
 
 
 def hydra_message(error: BaseException) -> str:

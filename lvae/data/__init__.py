@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.binarized_mnist import load_binarized_mnist
 from lvae.data.errors import DatasetError, DatasetInvalidError, DatasetNotFoundError, SubsetError
@@ -23,6 +22,7 @@ from lvae.data.idx import load_fashion_mnist, load_mnist
 from lvae.data.images import BINARY, GREY_LEVELS, INTENSITIES, ImageData, StoredImages, image_data
 from lvae.data.norb import load_norb
 from lvae.data.omniglot import load_omniglot
+from lvae.data.settings import DataConfig
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetInvalidError", "DatasetNotFoundError", "ImageData",
            "SubsetError", "load_dataset"]
@@ -33,7 +33,7 @@ class Dataset:
     """A choice of data=<name>: its loader, and how it stores pixels (GREY_LEVELS, BINARY or INTENSITIES),
     which decides what data.binarize and data.dequantize can do (lvae.run.config.validate checks it)."""
 
-    load: Callable[[DictConfig], StoredImages]  # reads the files (data.root, data.download)
+    load: Callable[[DataConfig], StoredImages]  # reads the files (data.root, data.download)
     pixels: str
     title: str  # as a report names it
 
@@ -47,7 +47,7 @@ DATASETS = {
 }
 
 
-def load_dataset(cfg: DictConfig, device: torch.device) -> ImageData:
+def load_dataset(cfg: DataConfig, device: torch.device) -> ImageData:
     """The dataset data.name, as the model sees it (lvae/data/images.py: image_data), on `device`."""
     dataset = DATASETS[cfg.name]
     return image_data(cfg, device, dataset.pixels, dataset.load(cfg))

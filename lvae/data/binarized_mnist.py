@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.errors import DatasetInvalidError
 from lvae.data.files import DATA_ROOT_ENV, data_root, download, find_files, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages
+from lvae.data.settings import DataConfig
 
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
 BINARIZED_MNIST_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
@@ -43,7 +43,7 @@ def _read_amat(path: Path, values_per_line: int = IMAGE_SIZE * IMAGE_SIZE) -> to
     return torch.from_numpy(text[is_value] - ord("0")).view(-1, values_per_line)
 
 
-def load_binarized_mnist(cfg: DictConfig) -> StoredImages:
+def load_binarized_mnist(cfg: DataConfig) -> StoredImages:
     """Statically binarized MNIST (Larochelle's binarized_mnist_{train,valid,test}.amat).
 
     50,000 train / 10,000 valid / 10,000 test images, binarized once by their authors and

@@ -9,11 +9,12 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Callable, Optional
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Callable, Optional
 
 from lvae.data.errors import DatasetInvalidError, DatasetNotFoundError
+
+if TYPE_CHECKING:  # lvae.data.settings reads this module's default_data_root
+    from lvae.data.settings import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def default_data_root() -> str:
     return os.environ.get(DATA_ROOT_ENV, "data")
 
 
-def data_root(cfg: DictConfig) -> Path:
+def data_root(cfg: DataConfig) -> Path:
     """data.root as an absolute path: messages name the folder checked, whatever the working directory."""
     return Path(cfg.root).expanduser().absolute()
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.errors import DatasetInvalidError
 from lvae.data.files import DATA_ROOT_ENV, data_root, find_files, invalid_file, plain_or_gz, read_all, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages
+from lvae.data.settings import DataConfig
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -51,7 +51,7 @@ def _read_idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     return images, labels
 
 
-def _load_idx_dataset(cfg: DictConfig, dataset: str, folders: list[Path],
+def _load_idx_dataset(cfg: DataConfig, dataset: str, folders: list[Path],
                       fetch: Callable[[], None], fix: str, full_sizes: tuple[int, int]) -> StoredImages:
     folder = find_files(dataset, folders, IDX_NAMES, cfg.download, fetch, fix,
                          lambda folder, name: plain_or_gz(folder, name) is not None)
@@ -61,7 +61,7 @@ def _load_idx_dataset(cfg: DictConfig, dataset: str, folders: list[Path],
     return StoredImages(*train, *test)
 
 
-def load_mnist(cfg: DictConfig) -> StoredImages:
+def load_mnist(cfg: DataConfig) -> StoredImages:
     """MNIST: LeCun's 60,000 training and 10,000 test images, from <root>/MNIST/raw (torchvision's layout)."""
     root = data_root(cfg)
 
@@ -78,7 +78,7 @@ def load_mnist(cfg: DictConfig) -> StoredImages:
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def load_fashion_mnist(cfg: DictConfig) -> StoredImages:
+def load_fashion_mnist(cfg: DataConfig) -> StoredImages:
     """Fashion-MNIST: 60,000 training and 10,000 test images (10 clothing classes), the official split.
 
     Looked for in <root>/FashionMNIST/raw (torchvision's layout, files plain or .gz), then in

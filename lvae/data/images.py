@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from typing import Iterator, NamedTuple, Optional
 
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.errors import SubsetError
+from lvae.data.settings import DataConfig
 
 IMAGE_SIZE = 28  # MNIST, Fashion-MNIST, binarized MNIST and OMNIGLOT
 DEQUANTIZATION_SCALE = 256  # x = (pixel + u) / 256 maps the 256 grey levels onto [0, 1)
@@ -21,7 +21,6 @@ ORDER_SEED = 0  # the fixed shuffle of datasets whose files are sorted (see fixe
 # training-set bound's eval.train_subset): see fixed_permutation. A constant, independent of every setting of a
 # run (its seed, model, K, device), so that every run scores the same images.
 SUBSET_ORDER_KEY = b"lvae-subset-order-1"
-INTENSITY_SCALES = (255, 256)  # data.intensity_scale: grey level / scale = Bernoulli probability (docs/datasets.md)
 
 
 @functools.lru_cache(maxsize=8)
@@ -151,7 +150,7 @@ class StoredImages(NamedTuple):
     test_labels: torch.Tensor
 
 
-def image_data(cfg: DictConfig, device: torch.device, pixels: str, stored: StoredImages) -> ImageData:
+def image_data(cfg: DataConfig, device: torch.device, pixels: str, stored: StoredImages) -> ImageData:
     """ImageData from (N, H, W) images stored as DATASETS[cfg.name].pixels says.
 
     Keeps the first data.train_subset training images, scales the pixels (pixel / data.intensity_scale,

@@ -11,12 +11,12 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.errors import DatasetInvalidError
 from lvae.data.files import (DATA_ROOT_ENV, data_root, digest, download, find_files, invalid_file, plain_or_gz,
                              warn_if_partial)
 from lvae.data.images import StoredImages, fixed_order
+from lvae.data.settings import DataConfig
 
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
 NORB_FILES = {  # split -> {images, categories: (file name, MD5 of <name>.gz, as the server holds it)}
@@ -118,7 +118,7 @@ def _read_norb_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tens
     return images, categories.repeat_interleave(NORB_CAMERAS)
 
 
-def load_norb(cfg: DictConfig) -> StoredImages:
+def load_norb(cfg: DataConfig) -> StoredImages:
     """small NORB (LeCun, Huang and Bottou 2004) as the LVAE paper models it, with a Gaussian output.
 
     Each split holds 24,300 stereo pairs of 96x96 8-bit images of toys (5 categories; training

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from lvae.data.files import DATA_ROOT_ENV, data_root, digest, download, find_files, invalid_file, warn_if_partial
 from lvae.data.images import IMAGE_SIZE, StoredImages, fixed_order
+from lvae.data.settings import DataConfig
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/chardata.mat"
 # Git's id of datasets/OMNIGLOT/chardata.mat in github.com/yburda/iwae, the SHA-1 of b"blob <size>\0" + the
@@ -58,7 +58,7 @@ def _read_chardata(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return splits
 
 
-def load_omniglot(cfg: DictConfig) -> StoredImages:
+def load_omniglot(cfg: DataConfig) -> StoredImages:
     """OMNIGLOT at 28x28 as the paper used it: Burda et al.'s chardata.mat (the IWAE repository).
 
     24,345 training and 8,070 test images of handwritten characters from 50 alphabets, grey

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from lvae.report.grid import row_label
 from lvae.report.runs import fine_tuning_base, run_setting
+from lvae.run.config import Config, config_value
 from lvae.run.provenance import numerics_version_of
 from lvae.run.record import (PER_IMAGE_FILE, RecordError, is_complete, read_config, read_per_image, read_record,
                              record_problem, status_of)
@@ -58,7 +58,7 @@ def what_was_scored(path: Path, metrics: dict) -> dict[str, Any]:
               "numerics version": numerics_version_of(metrics)}
     config = read_config(path)
     if config is not None:
-        scored.update({key: OmegaConf.select(config, key) for key in SCORED_DATA_KEYS})
+        scored.update({key: config_value(config, key) for key in SCORED_DATA_KEYS})
     return scored
 
 
@@ -86,7 +86,7 @@ def read_estimates(path: Path) -> RunEstimates:
                         indices, assumed, curves, what_was_scored(path, metrics))
 
 
-def _setting_with_base(path: Path, config: DictConfig) -> dict:
+def _setting_with_base(path: Path, config: Config) -> dict:
     """The run's setting as the reports label a row: a fine-tuned run as its base run's variant + fine-tuning,
     its base found as a report finds it (fine_tuning_base), the run beside it being the report's other run."""
     setting = run_setting(config)

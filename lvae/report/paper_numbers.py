@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
-from lvae.run.config import PAPER_BUDGET
+from lvae.run.config import PAPER_BUDGET, config_value
 
 PAPER_ORDER = ("VAE", "VAE+BN", "VAE+BN+WU", "LVAE+BN+WU")  # Figure 3's variants, first in every table
 
@@ -41,7 +39,7 @@ def paper_cell(quantity: str, row: str, layers: list[int]) -> str:
 
 def paper_budget() -> dict:
     """The paper's values of BUDGET_KEYS, read from configs/budget/paper.yaml."""
-    return {key: OmegaConf.select(PAPER_BUDGET, key) for key in BUDGET_KEYS}
+    return {key: config_value(PAPER_BUDGET, key) for key in BUDGET_KEYS}
 
 
 def budget_deviations(settings: list[dict]) -> list[str]:

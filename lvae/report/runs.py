@@ -15,12 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from lvae.report.paper_numbers import BUDGET_KEYS
-from lvae.run.config import complete_config, config_to_dict
+from lvae.run.config import Config, ConfigError, config_to_dict, config_value
 from lvae.run.identity import run_defining_values
 from lvae.run.provenance import NUMERICS_VERSION, is_current_numerics, numerics_version_of
 from lvae.run.record import (CONFIG_FILE, METRICS_FILE, RecordError, Status, is_complete, read_config, read_per_image,
@@ -117,14 +113,12 @@ class RunRecord:
         return self.status == Status.completed
 
 
-def run_setting(config: dict | DictConfig | None, metrics: dict | None = None) -> dict | None:
+def run_setting(config: Config | None, metrics: dict | None = None) -> dict | None:
     """What a run computes, as flat key -> value: from its config, else from its metrics.json."""
     if config is not None:
-        tree = complete_config(config)  # a key added to the schema since had its default in that run
-        setting = {key: value for key, value in run_defining_values(config_to_dict(tree)).items() if value != MISSING}
-        for key in (*BUDGET_KEYS, "budget_name"):
-            if OmegaConf.select(tree, key, default=MISSING) is not MISSING:
-                setting[key] = OmegaConf.select(tree, key)
+        values = config_to_dict(config)
+        setting = run_defining_values(values)
+        setting.update({key: config_value(values, key) for key in (*BUDGET_KEYS, "budget_name")})
         return setting
     if metrics and "model" in metrics:
         return {"model.name": metrics["model"], "layers": metrics["layers"], "batch_norm": metrics["batch_norm"],
@@ -139,7 +133,7 @@ def expected_jobs(roots: list[Path]) -> dict[Path, Job]:
     for sweep_file in files_below(roots, "multirun.yaml"):
         try:
             expected.update({job.run_dir.resolve(): job for job in jobs_of_sweep_dir(sweep_file.parent)})
-        except (HydraException, OmegaConfBaseException) as error:  # e.g. a preset that no longer exists
+        except ConfigError as error:  # e.g. a preset that no longer exists
             log.warning("cannot tell which runs %s asks for (%s); listing the runs found only",
                         sweep_file, str(error).splitlines()[0])
     return expected

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import OmegaConf
 
 from lvae.core.analysis import (ActiveUnits, active_units, nearest_centroid_accuracy, posterior_samples,
                                 reconstruction_rows, seeded_rng)
@@ -136,7 +135,7 @@ def analyze_runs(run_dirs: list[Path], out_dir: Path, settings: AnalysisSettings
     runs = []
     for run_dir, name, record in zip(run_dirs, run_names(run_dirs, records), records):
         cfg, weights = stored_run(run_dir, device)  # a bad file fails before the data load
-        data_key = OmegaConf.to_yaml(cfg.data)
+        data_key = repr(cfg.data)
         if data_key not in datasets:
             datasets[data_key] = load_dataset(cfg.data, device)
         data = datasets[data_key]

@@ -1,8 +1,11 @@
-"""Typed configuration schema (Hydra ConfigStore) and value checks.
+"""Typed configuration schema (Hydra ConfigStore), its conversion and value checks.
 
 The dataclasses give types and defaults: Hydra refuses an unknown key or a value
-of the wrong type while composing. `validate` adds the ranges a type cannot
-express and names the key and the allowed values in its message.
+of the wrong type while composing. `to_config` turns a composed (or stored) tree
+into these dataclasses once, at the edge: the run, data loading and reports take
+the typed `Config`, and only this module, the commands and the sweep logic know
+OmegaConf. `validate` adds the ranges a type cannot express and names the key and
+the allowed values in its message.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from lvae.core.evaluate import CurveSettings, EvalSettings
 from lvae.core.models import ModelSpec
 from lvae.data import DATASETS as DATASET_REGISTRY
-from lvae.data.images import BINARY, GREY_LEVELS, INTENSITY_SCALES
+from lvae.data.files import DATA_ROOT_ENV
+from lvae.data.images import BINARY, GREY_LEVELS
+from lvae.data.settings import INTENSITY_SCALES, DataConfig
 from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
 
 
@@ -34,7 +42,7 @@ def _config_dir() -> Path:
 CONFIG_DIR = str(_config_dir())
 # The paper's budget (epochs, warm-up, how much is evaluated) is written in one place, configs/budget/paper.yaml:
 # the schema's defaults below read it, so a run without a budget preset has the paper's budget.
-PAPER_BUDGET = OmegaConf.load(Path(CONFIG_DIR) / "budget" / "paper.yaml")
+PAPER_BUDGET: dict = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "budget" / "paper.yaml"))
 
 MAX_LAYERS = 5
 
@@ -56,18 +64,20 @@ ModelName = _choice("ModelName", ("vae", "lvae"))  # lvae/core/models.py's MODEL
 Likelihood = _choice("Likelihood", ("bernoulli", "gaussian"))
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Init = _choice("Init", ("pytorch", "glorot"))  # torch.nn defaults | Glorot-normal, zero biases, as Lasagne
-DatasetName = _choice("DatasetName", DATASET_REGISTRY)  # data=<name>: lvae/data/'s registry, the one list
 DEVICES = tuple(d.value for d in Device)
 BINARY_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == BINARY)  # stored as 0/1
 GREY_LEVEL_DATASETS = tuple(name for name, d in DATASET_REGISTRY.items() if d.pixels == GREY_LEVELS)  # 8-bit
 
 
 PAPER_MODEL = ModelSpec()  # the schema's model defaults: the paper's (lvae/core/models.py)
+# How evaluation runs, and the training curves' points, default to the core's settings (lvae/core/evaluate.py); what
+# is evaluated (K, test and training images) to the paper's budget.
+EVALUATION, CURVE = EvalSettings(), CurveSettings()
 
 
 @dataclass
 class ModelConfig:
-    name: ModelName = MISSING
+    name: ModelName = ModelName(PAPER_MODEL.name)  # configs/model/ sets it: vae or lvae
     # Bottom (z_1) to top (z_5); a model with L layers uses the first L (docs/method.md, section 4).
     hidden_sizes: list[int] = field(default_factory=lambda: list(PAPER_MODEL.hidden_sizes))
     latent_sizes: list[int] = field(default_factory=lambda: list(PAPER_MODEL.latent_sizes))
@@ -78,24 +88,15 @@ class ModelConfig:
     init: Init = Init(PAPER_MODEL.init)
 
 
-@dataclass
-class DataConfig:
-    name: DatasetName = DatasetName.mnist
-    root: str = "${oc.env:LVAE_DATA_ROOT,data}"  # data.root, else $LVAE_DATA_ROOT, else ./data
-    download: bool = True
-    binarize: bool = True
-    binarization_seed: int = 0  # the test set is binarized (or dequantized) once, with this seed
-    dequantize: bool = False  # x = (pixel + u) / 256, u ~ U(0,1) fresh each batch: continuous data, bits/dim
-    merge_valid: bool = False  # binarized_mnist: train on train+valid (60,000) instead of train (50,000)
-    train_subset: Optional[int] = PAPER_BUDGET.data.train_subset  # first N training images (None = all)
-    # 8-bit grey level / intensity_scale = the Bernoulli probability: 255 (torchvision, Burda et al.) or 256 (the
-    # LVAE authors' data, where a fully-on pixel is 0.996); dequantized pixels are (pixel + u) / 256 either way.
-    intensity_scale: int = INTENSITY_SCALES[0]
+def _data_defaults() -> DataConfig:
+    """data.* as the schema has it (lvae/data/settings.py types it): the data root is read when a config is composed
+    (data.root, else $LVAE_DATA_ROOT, else ./data), the training images are the paper budget's."""
+    return DataConfig(root=f"${{oc.env:{DATA_ROOT_ENV},data}}", train_subset=PAPER_BUDGET["data"]["train_subset"])
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = PAPER_BUDGET.train.epochs
+    epochs: int = PAPER_BUDGET["train"]["epochs"]
     batch_size: int = 256
     lr: float = 0.002
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -112,31 +113,32 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    iw_samples: int = PAPER_BUDGET.eval.iw_samples
+    iw_samples: int = PAPER_BUDGET["eval"]["iw_samples"]
     # N test images, the first N of one fixed random order (lvae/data/, fixed_permutation); None = all of them
-    test_subset: Optional[int] = PAPER_BUDGET.eval.test_subset
-    train_subset: int = PAPER_BUDGET.eval.train_subset  # training images for the training-set bound
-    memory_budget_mb: int = 1024  # activations of one evaluation chunk
+    test_subset: Optional[int] = PAPER_BUDGET["eval"]["test_subset"]
+    train_subset: int = PAPER_BUDGET["eval"]["train_subset"]  # training images for the training-set bound
+    memory_budget_mb: int = EVALUATION.memory_budget_mb  # activations of one evaluation chunk
     analyze: bool = True  # active units, PCA, samples and figures at the end of a run
-    allow_tf32: bool = False  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
-    compile: Optional[bool] = None  # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
+    allow_tf32: bool = EVALUATION.allow_tf32  # evaluation is a measurement: full float32 matmuls on CUDA unless asked
+    # torch.compile the evaluation; null = auto: on CUDA, and on CPU for large ones
+    compile: Optional[bool] = EVALUATION.compile
     # Training curves (lvae/core/evaluate.py, curve_point): every curve_every epochs, the test bound with K=curve_iw_samples,
     # the test and training ELBO on curve_images images each, and every unit's KL term; null = about 20 points for
     # runs of 10 epochs or more (lvae/core/evaluate.py, curve_interval), 0 = none.
     curve_every: Optional[int] = None
-    curve_iw_samples: int = 100
-    curve_images: int = 1000
+    curve_iw_samples: int = CURVE.iw_samples
+    curve_images: int = CURVE.images
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=_data_defaults)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     layers: int = len(PAPER_MODEL.latent_sizes)
     batch_norm: bool = PAPER_MODEL.batch_norm
-    warmup_epochs: int = PAPER_BUDGET.warmup_epochs  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
+    warmup_epochs: int = PAPER_BUDGET["warmup_epochs"]  # KL weight rises linearly 0 -> 1 over these epochs; 0 = off
     likelihood: Likelihood = Likelihood(PAPER_MODEL.likelihood)
     seed: int = 0
     device: Device = Device.auto
@@ -146,23 +148,53 @@ class Config:
     budget_name: Optional[str] = None  # the budget preset (configs/budget/) that set epochs and evaluation, if any
 
 
-def config_to_dict(cfg: DictConfig) -> dict:
+def to_config(tree: DictConfig | dict) -> Config:
+    """A composed config (Hydra's tree) or a stored one (a config.yaml, a checkpoint's) as the typed Config that
+    runs and reports take: merged onto the schema, interpolations resolved. A key that a stored config lacks because
+    it was added to the schema later has its default, which that run had: the one place that fills in what older
+    runs lack. A key that the schema does not have raises ConfigError naming it (and the closest one it has)."""
+    _refuse_unknown_keys(tree)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), tree))  # type: ignore[return-value]
+
+
+def config_to_dict(cfg: Config | DictConfig | dict) -> dict:
     """The config as plain Python values, interpolations resolved and choices as strings: what a
     checkpoint (read back with torch.load(weights_only=True)) or a JSON file can hold."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def config_yaml(cfg: Config) -> str:
+    """The config as a run's config.yaml holds it."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_value(tree: Config | dict, key: str) -> Any:
+    """The value of a dotted key ("train.epochs") of a Config or of a config as plain values."""
+    for part in key.split("."):
+        tree = tree[part] if isinstance(tree, dict) else getattr(tree, part)
+    return tree
+
+
+def read_config_file(path: Path) -> Config:
+    """A run's config.yaml as a Config (`to_config`); ConfigError, naming the file, when it cannot be read or is
+    not a config of this lvae."""
+    try:
+        tree = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{path} cannot be read ({reason}): is it truncated or damaged?") from None
+    if not isinstance(tree, DictConfig):
+        raise ConfigError(f"{path} holds a {type(tree).__name__}, not a run's config")
+    try:
+        return to_config(tree)
+    except (ConfigError, OmegaConfBaseException) as error:
+        raise ConfigError(f"{path} is not a config of this lvae: {str(error).splitlines()[0]}") from None
 
 
 def schema_defaults() -> dict:
     """Every key of the schema with its default, as plain values ("???" where there is none): what a
     key that a stored config lacks (added to the schema later) had in that run."""
     return config_to_dict(OmegaConf.structured(Config))
-
-
-def complete_config(stored: DictConfig | dict) -> DictConfig:
-    """A stored run config (a config.yaml, a checkpoint's) merged onto the schema: typed, and every key that the
-    run lacks because it was added to the schema later has its default, which that run had. The one place that
-    fills in what older runs lack; a key that the schema does not have raises an OmegaConf error."""
-    return OmegaConf.merge(OmegaConf.structured(Config), stored)
 
 
 def is_binary_data(name: str, binarize: bool) -> bool:
@@ -203,12 +235,12 @@ def register_configs() -> None:
 register_configs()
 
 
-def compose_config(*overrides: str) -> DictConfig:
-    """The run config for these overrides, composed as `python train.py` would (for tests and scripts)."""
+def compose_config(*overrides: str) -> Config:
+    """The run config for these overrides, composed as `python train.py` would and typed (for tests and scripts)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return to_config(compose("config", overrides=list(overrides)))
 
 
 class ConfigError(ValueError):
@@ -222,6 +254,7 @@ def _positive(value: Any) -> bool:
 # key -> (check, what is allowed)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "layers": (lambda v: 1 <= v <= MAX_LAYERS, f"an integer from 1 to {MAX_LAYERS}"),
+    "data.name": (lambda v: v in DATASET_REGISTRY, f"one of {', '.join(DATASET_REGISTRY)} (lvae/data/'s registry)"),
     "model.mlp_depth": (lambda v: v >= 0, "an integer >= 0"),
     "model.min_variance": (_positive, "a number > 0"),
     "data.train_subset": (lambda v: v is None or v > 0, "null (all) or an integer > 0"),
@@ -250,15 +283,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first key whose value is not allowed."""
-    _refuse_unknown_keys(cfg)
     for key, (is_allowed, allowed) in _RULES.items():
-        value = OmegaConf.select(cfg, key)
+        value = config_value(cfg, key)
         if not is_allowed(value):
             raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
     for key in ("model.hidden_sizes", "model.latent_sizes"):
-        sizes = OmegaConf.select(cfg, key)
+        sizes = config_value(cfg, key)
         if len(sizes) < cfg.layers or any(s <= 0 for s in sizes[: cfg.layers]):
             raise ConfigError(
                 f"{key}={list(sizes)} does not fit layers={cfg.layers}: "
@@ -289,12 +321,12 @@ def validate(cfg: DictConfig) -> None:
     images_per_batch = min(cfg.train.batch_size, cfg.data.train_subset or cfg.train.batch_size)
     if cfg.batch_norm and images_per_batch < 2:
         key = "train.batch_size" if cfg.train.batch_size < 2 else "data.train_subset"
-        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} gives batches of one image, and batch norm "
+        raise ConfigError(f"{key}={config_value(cfg, key)} gives batches of one image, and batch norm "
                           "normalises over the images of a batch: it needs at least 2. Use "
                           f"{key}=2 or more, or batch_norm=false.")
 
 
-def _refuse_unknown_keys(cfg: DictConfig) -> None:
+def _refuse_unknown_keys(tree: DictConfig | dict) -> None:
     """The schema refuses a misspelt key, but not one added with `+` (`+lyers=5`): that one would be ignored."""
     def unknown(tree: dict, schema: dict, prefix: str = "") -> list[tuple[str, list[str]]]:
         found = []
@@ -305,7 +337,7 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                 found += unknown(value, schema[key], f"{prefix}{key}.")
         return found
 
-    for key, close in unknown(config_to_dict(cfg), schema_defaults()):
+    for key, close in unknown(config_to_dict(tree), schema_defaults()):
         raise ConfigError(not_a_setting(key, close))
 
 
@@ -342,13 +374,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_differences(stored: dict, cfg: DictConfig) -> list[str]:
+def run_differences(stored: dict, cfg: Config) -> list[str]:
     """'key: stored -> now' for every run-defining key whose value differs.
 
     A key that the stored config lacks (written before the key existed) counts with
     its schema default, so adding a key with a neutral default keeps old runs resumable.
     """
-    old, new = (run_defining_values(config_to_dict(complete_config(tree))) for tree in (stored, cfg))
+    old, new = (run_defining_values(config_to_dict(tree)) for tree in (to_config(stored), cfg))
     return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 

@@ -17,21 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from lvae.core.models import merge_separate_head_maps
 from lvae.run.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
-from lvae.run.config import ConfigError
+from lvae.run.config import ConfigError, TrainConfig
 from lvae.run.record import CHECKPOINT_FILE, is_complete, read_record, status_of
 
 
-def learning_rate(train_cfg: DictConfig, epoch: int) -> float:
+def learning_rate(train_cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of epoch `epoch` (counted from 0)."""
     return train_cfg.lr * train_cfg.lr_decay**epoch
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, train_cfg: DictConfig, epoch: int) -> None:
+def set_learning_rate(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, epoch: int) -> None:
     """Give every parameter group the learning rate of `epoch`."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(train_cfg, epoch)

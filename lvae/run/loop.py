@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -20,6 +19,7 @@ from lvae.core.evaluate import curve_interval, curve_point
 from lvae.core.models import HierarchicalVAE
 from lvae.core.objectives import elbo, kl_per_layer, kl_warmup_weight, training_bound
 from lvae.data.images import ImageData
+from lvae.run.config import Config, TrainConfig
 from lvae.run.finetune import set_learning_rate
 from lvae.run.outcomes import (DIVERGED_NATS_PER_PIXEL, RunFailed, RunInterrupted, StopRequest, describe_position,
                                divergence_floor, signal_name)
@@ -49,7 +49,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def new_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Adam:
+def new_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Adam:
     """Adam as train.* sets it, its update one fused kernel per step on CPU and CUDA rather than
     a loop over the parameter tensors. (A checkpoint restores the implementation it was written
     with, so a run started with the per-tensor loop resumes bitwise.)"""
@@ -75,7 +75,7 @@ def training_forward(model: HierarchicalVAE, iw_samples: int, mc_samples: int) -
     return forward
 
 
-def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: ImageData, cfg: DictConfig,
+def train_model(model: HierarchicalVAE, optimizer: torch.optim.Optimizer, data: ImageData, cfg: Config,
                 writer: SummaryWriter, state: Optional[TrainingState] = None,
                 save: Callable[[TrainingState], None] = lambda state: None,
                 stop: Optional[StopRequest] = None) -> TrainingState:
@@ -167,7 +167,7 @@ def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int) -> None:
                         "from the start of training, epochs from 1)", epoch + 1, step + 1)
 
 
-def _raise_if_below(bound_mean: float, floor: float, cfg: DictConfig, epoch: int, step: int) -> None:
+def _raise_if_below(bound_mean: float, floor: float, cfg: Config, epoch: int, step: int) -> None:
     if bound_mean < floor:
         raise RunFailed(f"the run diverged in epoch {epoch + 1} (by step {step}): its mean training bound, "
                         f"{bound_mean:.4g} nats per image, is below {floor:.0f}, {DIVERGED_NATS_PER_PIXEL:g} nats "

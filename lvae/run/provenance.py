@@ -61,7 +61,6 @@ def command_line() -> str:
 
 
 def provenance(device: torch.device) -> dict:
-    import hydra
     import torchvision
 
     status = _git("status", "--porcelain", "--untracked-files=no")
@@ -78,6 +77,6 @@ def provenance(device: torch.device) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
-            "hydra": hydra.__version__,
+            "hydra": version("hydra-core"),
         },
     }

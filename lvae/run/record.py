@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from lvae.run.checkpoint import load_checkpoint, load_failure, save_checkpoint
-from lvae.run.config import complete_config, config_to_dict, evaluation_settings, run_differences
+from lvae.run.config import Config, ConfigError, config_to_dict, evaluation_settings, read_config_file, run_differences
 from lvae.run.folder import atomic_write, write_json
 from lvae.run.provenance import numerics_version_of
 
@@ -170,25 +167,19 @@ def is_complete(record: dict | None) -> bool:
     return status_of(record) is Status.completed
 
 
-def read_config(run_dir: Path) -> DictConfig | None:
-    """config.yaml of run_dir (the fully resolved config the run was started with) on the schema, with the
-    defaults of keys added since (`complete_config`), or None."""
+def read_config(run_dir: Path) -> Config | None:
+    """config.yaml of run_dir (the fully resolved config the run was started with) as a Config, with the
+    defaults of keys added since (lvae.run.config.to_config), or None."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return None
     try:
-        config = OmegaConf.load(path)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
-        raise RecordError(f"{path} cannot be read ({str(error).splitlines()[0]}): is it truncated or damaged?") from None
-    if not isinstance(config, DictConfig):
-        raise RecordError(f"{path} holds a {type(config).__name__}, not a run's config")
-    try:
-        return complete_config(config)
-    except OmegaConfBaseException as error:
-        raise RecordError(f"{path} is not a config of this lvae: {str(error).splitlines()[0]}") from None
+        return read_config_file(path)
+    except ConfigError as error:
+        raise RecordError(str(error)) from None
 
 
-def differences_from_stored(stored: dict, cfg: DictConfig, completed: bool) -> list[str]:
+def differences_from_stored(stored: dict, cfg: Config, completed: bool) -> list[str]:
     """'key: stored -> now' for every setting on which `cfg` is not the run that `stored` (its config.yaml)
     describes: its run-defining values and, for a completed run, also its epochs and evaluation settings
     (how it ran may differ: HOW_IT_RUNS)."""
@@ -202,7 +193,7 @@ def differences_from_stored(stored: dict, cfg: DictConfig, completed: bool) -> l
     return differences
 
 
-def is_complete_for(run_dir: Path, cfg: DictConfig) -> dict | None:
+def is_complete_for(run_dir: Path, cfg: Config) -> dict | None:
     """The record when run_dir holds this very run, completed (`differences_from_stored` finds none)."""
     record, stored_cfg = read_record(run_dir), read_config(run_dir)
     if not is_complete(record) or stored_cfg is None:
@@ -210,7 +201,7 @@ def is_complete_for(run_dir: Path, cfg: DictConfig) -> dict | None:
     return None if differences_from_stored(config_to_dict(stored_cfg), cfg, completed=True) else record
 
 
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
+def run_identity(cfg: Config) -> dict[str, Any]:
     """What a run is, in the words of its record (and of a report's row when its config is lost)."""
     return {"model": str(cfg.model.name), "layers": cfg.layers, "batch_norm": cfg.batch_norm,
             "warmup_epochs": cfg.warmup_epochs, "likelihood": str(cfg.likelihood), "dataset": str(cfg.data.name),

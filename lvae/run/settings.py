@@ -1,4 +1,4 @@
-"""What a run's config tells the core: the model spec and the evaluation settings (nothing else of the Hydra tree).
+"""What a run's config tells the core: the model spec and the evaluation settings (nothing else of the run config).
 
 The core (models, objectives, evaluation, analysis) takes plain arguments; this module is
 where a run config becomes them, written once for the run, the commands and the tests.
@@ -6,13 +6,12 @@ where a run config becomes them, written once for the run, the commands and the 
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from lvae.core.evaluate import CurveSettings, EvalSettings
 from lvae.core.models import ModelSpec
+from lvae.run.config import Config
 
 
-def model_spec(cfg: DictConfig) -> ModelSpec:
+def model_spec(cfg: Config) -> ModelSpec:
     """The model a (validated) run config describes: the first `layers` of model.latent_sizes and
     model.hidden_sizes, batch_norm, likelihood and the other model.* keys."""
     m = cfg.model
@@ -23,7 +22,7 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
                      init=str(m.init))
 
 
-def eval_settings(cfg: DictConfig) -> EvalSettings:
+def eval_settings(cfg: Config) -> EvalSettings:
     """The evaluation a run config asks for: eval.*, the training objective's samples for the training-set
     bound, the binarization seed of the training subset, and the run's seed for the noise."""
     return EvalSettings(iw_samples=cfg.eval.iw_samples, test_subset=cfg.eval.test_subset,
@@ -33,7 +32,7 @@ def eval_settings(cfg: DictConfig) -> EvalSettings:
                         compile=cfg.eval.compile, progress=cfg.train.progress)
 
 
-def curve_settings(cfg: DictConfig) -> CurveSettings:
+def curve_settings(cfg: Config) -> CurveSettings:
     """One point of the training curves as eval.curve_* asks (the run's seeds choose noise and binarization)."""
     return CurveSettings(iw_samples=cfg.eval.curve_iw_samples, images=cfg.eval.curve_images,
                          binarization_seed=cfg.data.binarization_seed, seed=cfg.seed,

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from lvae.core.models import HierarchicalVAE, build_model, merge_separate_head_maps
 from lvae.data import load_dataset
+from lvae.data.files import default_data_root
 from lvae.data.images import ImageData
 from lvae.run.checkpoint import RUN_ADVICE, CheckpointError, load_checkpoint, state_dict_mismatch
-from lvae.run.config import resolve_device, run_differences, schema_defaults
+from lvae.run.config import Config, resolve_device, run_differences
 from lvae.run.record import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, RecordError, read_config, read_record
 from lvae.run.settings import model_spec
 
@@ -52,7 +52,7 @@ PUBLISHED_ADVICE = ("It was left untouched; publish the run again from its run f
                     "--publish DIR --weights) or restore this folder from where it was published.")
 
 
-def stored_run(run_dir: Path, device: torch.device, data_root: str | Path | None = None) -> tuple[DictConfig, dict]:
+def stored_run(run_dir: Path, device: torch.device, data_root: str | Path | None = None) -> tuple[Config, dict]:
     """The config and model state dict of run_dir: the weights from its checkpoint, else (a published run) from
     weights.pt, both checked against the checksum written with them; the config is config.yaml, its data where
     `data_root` says (see `_data_root`). config.yaml is a copy for people: one that disagrees with the config
@@ -71,16 +71,16 @@ def stored_run(run_dir: Path, device: torch.device, data_root: str | Path | None
     return cfg, checkpoint["model"]
 
 
-def _data_root(run_dir: Path, cfg: DictConfig, data_root: str | Path | None) -> str:
+def _data_root(run_dir: Path, cfg: Config, data_root: str | Path | None) -> str:
     """Where the run's data is read: `data_root` when given (data.root only says where the data lies, not what it
     is), else the run's own data.root, except for a published run: its recorded root is that of the machine it
     trained on, so this machine's default is taken ($LVAE_DATA_ROOT, else ./data)."""
     if data_root is not None:
         return str(data_root)
-    return schema_defaults()["data"]["root"] if is_published(run_dir) else cfg.data.root
+    return default_data_root() if is_published(run_dir) else cfg.data.root
 
 
-def trained_model(cfg: DictConfig, weights: dict, data_dim: int, device: torch.device,
+def trained_model(cfg: Config, weights: dict, data_dim: int, device: torch.device,
                   source: str = "the stored weights") -> HierarchicalVAE:
     """The model `cfg` describes with a checkpoint's weights (from `source`, for the message), in eval mode: its
     batch norm uses the stored statistics (at the end of a run, those of the evaluation). Weights of an older
@@ -100,7 +100,7 @@ class TrainedRun:
     """A run read back from its directory."""
 
     model: HierarchicalVAE  # eval mode, with the batch-norm statistics of the evaluation
-    config: DictConfig  # config.yaml, the fully resolved config the run trained with
+    config: Config  # config.yaml, the fully resolved config the run trained with
     data: ImageData  # its training and test images, on the model's device
     metrics: dict | None  # metrics.json (None while the run has written none)
 

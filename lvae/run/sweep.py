@@ -18,9 +18,10 @@ from typing import Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from lvae.run.config import CONFIG_DIR
+from lvae.run.config import CONFIG_DIR, Config, ConfigError, to_config
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Job:
     overrides: list[str]  # the job's overrides, as the sweeper hands them to train.py
     sweep_dir: Path  # hydra.sweep.dir
     run_dir: Path  # hydra.sweep.dir / hydra.sweep.subdir
-    config: DictConfig  # the run's config, without the hydra node
+    config: Config  # the run's config (lvae.run.config.to_config)
 
 
 def expand_overrides(overrides: Sequence[str], sweep_params: dict[str, str] | None = None) -> list[list[str]]:
@@ -73,12 +74,16 @@ def sweep_jobs(overrides: Sequence[str], hydra_overrides: Sequence[str] = (),
             run_dir = folder / cfg.hydra.sweep.subdir
             with open_dict(cfg):
                 del cfg["hydra"]
-            jobs.append(Job(job_overrides, folder, run_dir, cfg))
+            jobs.append(Job(job_overrides, folder, run_dir, to_config(cfg)))
     return jobs
 
 
 def jobs_of_sweep_dir(sweep_dir: Path) -> list[Job]:
-    """The jobs that the sweep recorded in sweep_dir/multirun.yaml asked for (the last sweep launched there)."""
+    """The jobs that the sweep recorded in sweep_dir/multirun.yaml asked for (the last sweep launched there);
+    ConfigError when this code cannot compose them (e.g. a preset that no longer exists)."""
     recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
     hydra_overrides = [o for o in recorded.hydra if not o.startswith("hydra.mode=")]
-    return sweep_jobs(list(recorded.task), hydra_overrides, sweep_dir)
+    try:
+        return sweep_jobs(list(recorded.task), hydra_overrides, sweep_dir)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(str(error).splitlines()[0]) from None

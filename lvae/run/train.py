@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -39,7 +38,7 @@ from lvae.data.images import ImageData
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_runs, run_name
 from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                  save_checkpoint, state_dict_mismatch)
-from lvae.run.config import ConfigError, config_to_dict, resolve_device, run_differences, validate
+from lvae.run.config import Config, ConfigError, config_to_dict, config_yaml, resolve_device, run_differences, validate
 from lvae.run.figures import log_to_tensorboard
 from lvae.run.finetune import load_initial_weights
 from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
@@ -56,7 +55,7 @@ from lvae.run.summary import format_run
 log = logging.getLogger(__name__)
 
 
-def _restore(checkpoint: dict, cfg: DictConfig, path: Path, model: nn.Module,
+def _restore(checkpoint: dict, cfg: Config, path: Path, model: nn.Module,
              optimizer: torch.optim.Optimizer) -> TrainingState:
     differences = run_differences(checkpoint["config"], cfg)
     if differences:
@@ -105,7 +104,7 @@ def _record_status(run_dir: Path, status: Status, **fields) -> str:
 class _Session:
     """A run set up in its directory: what training and evaluation work on."""
 
-    cfg: DictConfig
+    cfg: Config
     run_dir: Path
     device: torch.device
     origin: dict  # provenance, taken at the start: the code that runs is the code checked out now
@@ -134,7 +133,7 @@ class _Session:
         return f"the last good checkpoint ({describe_position(*self.checkpointed)}) was kept"
 
 
-def run(cfg: DictConfig, run_dir: Path, record_files: Optional[dict[str, str]] = None) -> dict:
+def run(cfg: Config, run_dir: Path, record_files: Optional[dict[str, str]] = None) -> dict:
     """Train and evaluate the run that `cfg` describes in run_dir, resuming what is there.
 
     record_files (path in run_dir -> text) record how the run was launched (the CLI's
@@ -214,7 +213,7 @@ def _write_failed(session: _Session, error: OSError) -> RunWriteFailed:
     return RunWriteFailed(f"{reason}{unrecorded}; {session.kept_checkpoint()}")
 
 
-def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
+def _refuse_to_replace_a_record(run_dir: Path, cfg: Config) -> None:
     """run_dir has no checkpoint, but may hold the record of a run (config.yaml, metrics.json): a
     finished run whose checkpoint was deleted, a copied run folder. Training there replaces that
     record, so it must be the record of this very run (a completed one: with the same epochs and
@@ -235,7 +234,7 @@ def _refuse_to_replace_a_record(run_dir: Path, cfg: DictConfig) -> None:
                           "hydra.run.dir=...), or the original config.")
 
 
-def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopRequest) -> dict:
+def _already_complete(cfg: Config, run_dir: Path, metrics: dict, stop: StopRequest) -> dict:
     if cfg.eval.analyze and not (run_dir / ANALYSIS_FILE).exists():  # a run stopped during its analysis
         stop.stage = "the analysis (metrics.json is complete; a rerun redoes the figures)"
         analyze_runs([run_dir], run_dir, _analysis_settings(cfg), resolve_device(cfg.device))
@@ -248,7 +247,7 @@ def _already_complete(cfg: DictConfig, run_dir: Path, metrics: dict, stop: StopR
     return metrics
 
 
-def _set_up(cfg: DictConfig, run_dir: Path, checkpoint: Optional[dict]) -> _Session:
+def _set_up(cfg: Config, run_dir: Path, checkpoint: Optional[dict]) -> _Session:
     """Data, model, optimiser and training position (from the checkpoint, if any); writes nothing."""
     if 0 < cfg.train.epochs < cfg.warmup_epochs:
         log.warning("warmup_epochs=%d > train.epochs=%d: the KL weight ends at %.2f, so the bounds "
@@ -279,7 +278,7 @@ def _accept(session: _Session, hold: RunDirHold, record_files: dict[str, str]) -
     hold.accepted = True
     open_run_logs()
     remove_stale_temporaries(session.run_dir)  # the lock is ours: no other write is in progress
-    write_text(session.run_dir / CONFIG_FILE, OmegaConf.to_yaml(session.cfg, resolve=True))
+    write_text(session.run_dir / CONFIG_FILE, config_yaml(session.cfg))
     for name, text in record_files.items():
         path = session.run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +304,7 @@ def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
                              "the final checkpoint is written")
 
 
-def _analysis_settings(cfg: DictConfig) -> AnalysisSettings:
+def _analysis_settings(cfg: Config) -> AnalysisSettings:
     return AnalysisSettings(cfg.eval.test_subset, memory_budget_mb=cfg.eval.memory_budget_mb)
 
 
@@ -348,6 +347,6 @@ def _write_metrics(session: _Session, results: dict, evaluate_seconds: float) ->
     return metrics
 
 
-def _hparams(cfg: DictConfig) -> dict:
+def _hparams(cfg: Config) -> dict:
     """The choices a sweep varies, for TensorBoard's HParams view."""
     return {**run_identity(cfg), "lr": cfg.train.lr, "iw_samples": cfg.train.iw_samples}

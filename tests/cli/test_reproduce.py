@@ -19,7 +19,7 @@ from lvae.cli.reproduce import (IW_SAMPLES_PER_SECOND, SECONDS_PER_EPOCH, descri
 from lvae.cli.reproduce import main as reproduce_main
 from lvae.report.paper_numbers import BUDGET_KEYS
 from lvae.report.runs import collect_runs
-from lvae.run.config import CONFIG_DIR, compose_config
+from lvae.run.config import CONFIG_DIR, compose_config, config_to_dict, config_value, config_yaml
 from lvae.run.provenance import NUMERICS_VERSION
 from lvae.run.sweep import expand_overrides, sweep_jobs
 
@@ -80,8 +80,7 @@ def test_budgets_keep_the_model_and_the_papers_warmup_ratio():
     for variant in FIG3_VARIANTS:
         configs = {budget: compose_config("experiment=fig3", f"budget={budget}", f"variant={variant}")
                    for budget in ("paper", "quick")}
-        models = [{key: OmegaConf.to_container(cfg)[key] if "." not in key else OmegaConf.select(cfg, key)
-                   for key in model_keys} for cfg in configs.values()]
+        models = [{key: config_value(config_to_dict(cfg), key) for key in model_keys} for cfg in configs.values()]
         assert models[0] == models[1]
         for cfg in configs.values():
             assert _variant(cfg) == FIG3_VARIANTS[variant]
@@ -114,7 +113,7 @@ def test_complete_runs_of_another_numerics_version_are_counted_and_named(tmp_pat
     jobs = sweep_jobs(["experiment=fig3", "budget=quick", "variant=vae", "layers=1,2", f"hydra.sweep.dir={tmp_path}"])
     for job, numerics_version in zip(jobs, [NUMERICS_VERSION, 1]):
         job.run_dir.mkdir(parents=True)
-        (job.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(job.config, resolve=True))
+        (job.run_dir / "config.yaml").write_text(config_yaml(job.config))
         (job.run_dir / "metrics.json").write_text(json.dumps(
             {"status": "completed", "epochs": job.config.train.epochs, "numerics_version": numerics_version}))
     _, complete, other_code = estimate_jobs(jobs)
@@ -150,7 +149,7 @@ def _completed(cfg, ll: float, active_kl: list[int]) -> dict:
 
 def _write_run(job, metrics: dict | None) -> None:
     job.run_dir.mkdir(parents=True)
-    (job.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(job.config, resolve=True))
+    (job.run_dir / "config.yaml").write_text(config_yaml(job.config))
     if metrics is not None:
         (job.run_dir / "metrics.json").write_text(json.dumps(metrics))
 

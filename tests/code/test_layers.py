@@ -135,6 +135,17 @@ def test_the_core_takes_plain_arguments_not_the_config(path):
     assert not config_objects, f"{path.name} imports {sorted(config_objects)}"
 
 
+# The Hydra tree is turned into the typed Config once (lvae.run.config.to_config): only the schema, the sweep logic
+# and the commands that call Hydra know Hydra or OmegaConf.
+KNOWS_HYDRA = ("run/config.py", "run/sweep.py", "cli/train_command.py", "cli/reproduce.py")
+
+
+def test_only_the_schema_the_sweep_and_the_hydra_commands_import_hydra_or_omegaconf():
+    importers = sorted(str(path.relative_to(PACKAGE)) for path in _modules()
+                       if any(module.split(".")[0] in ("hydra", "omegaconf") for module, _ in _imports(path)))
+    assert importers == sorted(KNOWS_HYDRA)
+
+
 RUN_FOLDER_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "per_image.pt", "analysis.json")
 
 

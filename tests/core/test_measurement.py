@@ -3,9 +3,10 @@ are a fixed random sample, per-image estimates that say which images they are, t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lvae.core.evaluate import chunk_layout, evaluate_model, iw_log_likelihood, per_image
 from lvae.core.models import build_model
@@ -37,9 +38,7 @@ def _cfg(name: str, *overrides: str):
 
 def _with_budget(cfg, memory_budget_mb: float):
     """cfg with any budget, also a fraction of a megabyte (the schema takes whole ones), to force small chunks."""
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.eval.memory_budget_mb = memory_budget_mb
-    return plain
+    return replace(cfg, eval=replace(cfg.eval, memory_budget_mb=memory_budget_mb))
 
 
 @pytest.mark.parametrize("name", ["vae", "lvae"])

@@ -4,17 +4,16 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from lvae.cli.analyze import main
 from lvae.core.analysis import active_units, pca_2d, posterior_samples
-from lvae.run.figures import log_to_tensorboard
 from lvae.core.models import build_model
 from lvae.data.images import ImageData
 from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze
-from lvae.run.config import compose_config
+from lvae.run.config import compose_config, config_yaml
+from lvae.run.figures import log_to_tensorboard
 from lvae.run.settings import model_spec
 from lvae.run.train import run
 
@@ -143,7 +142,7 @@ def test_analysis_command_writes_every_figure_and_the_active_units(synthetic_mni
 
 @pytest.mark.parametrize("checkpoint", [None, b"not a checkpoint"], ids=["missing", "unreadable"])
 def test_a_run_dir_without_a_usable_checkpoint_stops_with_one_line_naming_it(checkpoint, tmp_path, capsys):
-    OmegaConf.save(compose_config("layers=1"), tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(config_yaml(compose_config("layers=1")))
     if checkpoint is not None:
         (tmp_path / "checkpoint.pt").write_bytes(checkpoint)
     with pytest.raises(SystemExit) as stopped:

@@ -8,6 +8,7 @@ import torch
 
 from lvae.cli.compare import main
 from lvae.report.compare import pair_by_seed, paired, read_estimates
+from lvae.run.config import compose_config, config_yaml
 from tests.helpers import REPO
 
 
@@ -165,8 +166,8 @@ def test_runs_of_other_pixels_are_refused_by_their_config(tmp_path, capsys, sett
     values = torch.linspace(-100, -80, 50, dtype=torch.float64)
     a = _run(tmp_path / "a", "vae", 0, values)
     b = _run(tmp_path / "b", "lvae", 0, values + 1)
-    (a / "config.yaml").write_text("data:\n  name: mnist\n")  # the defaults: seed 0, scale 255, binarized
-    (b / "config.yaml").write_text(f"data:\n  name: mnist\n  {setting}\n")
+    (a / "config.yaml").write_text(config_yaml(compose_config()))  # the defaults: seed 0, scale 255, binarized
+    (b / "config.yaml").write_text(config_yaml(compose_config(f"data.{setting.replace(': ', '=')}")))
     assert f"data.{setting.split(':')[0]}" in _refusal(capsys, "--a", str(a), "--b", str(b))
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lvae.core.models import build_model
 from lvae.run.checkpoint import CheckpointError, load_checkpoint
@@ -38,7 +38,7 @@ def test_initial_weights_come_from_a_completed_run_of_the_same_architecture(synt
     assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
 
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        load_initial_weights(build_model(model_spec(OmegaConf.merge(cfg, {"layers": 1})), 784), tmp_path / "base")
+        load_initial_weights(build_model(model_spec(replace(cfg, layers=1)), 784), tmp_path / "base")
     with pytest.raises(ConfigError, match="no run there"):
         load_initial_weights(model, tmp_path / "nothing")
     (tmp_path / "base" / "metrics.json").write_text(json.dumps({"status": "running", "epoch": 1}))
