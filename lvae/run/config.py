@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lvae.core.evaluate import CurveSettings, EvalSettings
 from lvae.core.models import ModelSpec
 from lvae.data import DATASETS as DATASET_REGISTRY
-from lvae.data.files import DATA_ROOT_ENV
+from lvae.data.files import default_data_root
 from lvae.data.images import BINARY, GREY_LEVELS
 from lvae.data.settings import INTENSITY_SCALES, DataConfig
 from lvae.run.identity import CURVE_KEYS, HOW_IT_RUNS, flatten, run_defining_values, run_dir_name, run_folder_ignores
@@ -89,9 +89,9 @@ class ModelConfig:
 
 
 def _data_defaults() -> DataConfig:
-    """data.* as the schema has it (lvae/data/settings.py types it): the data root is read when a config is composed
-    (data.root, else $LVAE_DATA_ROOT, else ./data), the training images are the paper budget's."""
-    return DataConfig(root=f"${{oc.env:{DATA_ROOT_ENV},data}}", train_subset=PAPER_BUDGET["data"]["train_subset"])
+    """data.* as the schema has it (lvae/data/settings.py types it): the data root is looked up when a config is
+    composed ($LVAE_DATA_ROOT, else ./data, unless data.root is given), the training images are the paper budget's."""
+    return DataConfig(root="${default_data_root:}", train_subset=PAPER_BUDGET["data"]["train_subset"])
 
 
 @dataclass
@@ -227,7 +227,8 @@ def _schedule_file(name: str) -> DictConfig:
 def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
     for name, resolver in (("run_dir_name", run_dir_name), ("likelihood_for_data", likelihood_for_data),
-                           ("run_folder_ignores", run_folder_ignores), ("finetune_schedule", finetune_schedule)):
+                           ("run_folder_ignores", run_folder_ignores), ("finetune_schedule", finetune_schedule),
+                           ("default_data_root", default_data_root)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
@@ -385,10 +386,9 @@ def run_differences(stored: dict, cfg: Config) -> list[str]:
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
-def evaluation_settings(eval_tree: dict) -> dict:
-    """eval.* as a finished run's numbers depend on it: a key that a stored config lacks (added to the
-    schema later) has its default; the keys of HOW_IT_RUNS and CURVE_KEYS are left out."""
-    settings = {**schema_defaults()["eval"], **eval_tree}
+def evaluation_settings(cfg: Config) -> dict:
+    """eval.* as a finished run's numbers depend on it: the keys of HOW_IT_RUNS and CURVE_KEYS are left out."""
+    settings = config_to_dict(cfg.eval)
     for key in (*HOW_IT_RUNS, *CURVE_KEYS):
         if key.startswith("eval."):
             settings.pop(key.removeprefix("eval."), None)

@@ -179,15 +179,15 @@ def read_config(run_dir: Path) -> Config | None:
         raise RecordError(str(error)) from None
 
 
-def differences_from_stored(stored: dict, cfg: Config, completed: bool) -> list[str]:
+def differences_from_stored(stored: Config, cfg: Config, completed: bool) -> list[str]:
     """'key: stored -> now' for every setting on which `cfg` is not the run that `stored` (its config.yaml)
     describes: its run-defining values and, for a completed run, also its epochs and evaluation settings
     (how it ran may differ: HOW_IT_RUNS)."""
-    differences = run_differences(stored, cfg)
+    differences = run_differences(config_to_dict(stored), cfg)
     if completed:
-        if stored["train"]["epochs"] != cfg.train.epochs:
-            differences.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r}")
-        was, now = evaluation_settings(stored["eval"]), evaluation_settings(config_to_dict(cfg.eval))
+        if stored.train.epochs != cfg.train.epochs:
+            differences.append(f"train.epochs: {stored.train.epochs!r} -> {cfg.train.epochs!r}")
+        was, now = evaluation_settings(stored), evaluation_settings(cfg)
         differences += [f"eval.{key}: {was.get(key)!r} -> {now.get(key)!r}"
                         for key in sorted(was.keys() | now.keys()) if was.get(key) != now.get(key)]
     return differences
@@ -198,7 +198,7 @@ def is_complete_for(run_dir: Path, cfg: Config) -> dict | None:
     record, stored_cfg = read_record(run_dir), read_config(run_dir)
     if not is_complete(record) or stored_cfg is None:
         return None
-    return None if differences_from_stored(config_to_dict(stored_cfg), cfg, completed=True) else record
+    return None if differences_from_stored(stored_cfg, cfg, completed=True) else record
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:

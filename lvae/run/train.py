@@ -225,7 +225,7 @@ def _refuse_to_replace_a_record(run_dir: Path, cfg: Config) -> None:
                               f"{CHECKPOINT_FILE}: refusing to replace that record. Move it away, or use another run "
                               "directory (other overrides or hydra.run.dir=...).")
         return
-    differences = differences_from_stored(config_to_dict(stored_cfg), cfg, completed)
+    differences = differences_from_stored(stored_cfg, cfg, completed)
     if differences:
         what = "completed run" if completed else "run"
         raise ConfigError(f"{run_dir} holds the record of another {what} (its config.yaml{', metrics.json' * completed}) "

@@ -116,3 +116,13 @@ def test_the_cores_defaults_are_the_run_configs():
     assert eval_settings(cfg) == EvalSettings(progress=cfg.train.progress)
     assert curve_settings(cfg) == CurveSettings()
     assert AnalysisSettings().memory_budget_mb == cfg.eval.memory_budget_mb
+
+
+def test_the_data_root_is_looked_up_when_a_config_is_composed(tmp_path, monkeypatch):
+    """data.root defaults to $LVAE_DATA_ROOT as it is when the run is composed (not when lvae was imported), else
+    ./data; a stored config holds the folder it resolved to."""
+    monkeypatch.setenv("LVAE_DATA_ROOT", str(tmp_path))
+    assert compose_config().data.root == str(tmp_path)
+    monkeypatch.delenv("LVAE_DATA_ROOT")
+    assert compose_config().data.root == "data" and config_to_dict(compose_config())["data"]["root"] == "data"
+    assert compose_config("data.root=/elsewhere").data.root == "/elsewhere"
