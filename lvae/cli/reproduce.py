@@ -28,7 +28,7 @@ from torch import nn
 
 from lvae.cli.arguments import budget_name, positive_integer
 from lvae.cli.children import Stopped, exit_stopped, run_child
-from lvae.cli.train_command import hydra_message
+from lvae.cli.train_command import refusal_message
 from lvae.core.compiling import CPU_MIN_EVAL_PAIRS, CPU_MIN_TRAIN_STEPS, use_compile
 from lvae.core.evaluate import curve_interval
 from lvae.core.models import build_model
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         parser.exit(2, f"{error}\n")
     except (HydraException, OmegaConfBaseException) as error:  # an override Hydra refuses
-        parser.exit(2, f"{hydra_message(error)}\n")
+        parser.exit(2, f"{refusal_message(error, args.overrides)}\n")
     estimate, complete, other_code = estimate_jobs([job for jobs in jobs_per_step for job in jobs])
     runs = sum(map(len, jobs_per_step))
     print(describe_estimate(estimate, runs, complete, f"experiment={args.experiment} budget={args.budget}"))

@@ -36,7 +36,7 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException, HydraException
+from hydra.errors import CompactHydraException, HydraException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -166,7 +166,7 @@ def check_command_line(args: Sequence[str]) -> None:
     except ConfigError as error:
         _exit_before_hydra(str(error))
     except (HydraException, OmegaConfBaseException) as error:
-        _exit_before_hydra(hydra_message(error))
+        _exit_before_hydra(refusal_message(error, overrides))
 
 
 def _single_run_config(task: list[str], hydra_overrides: list[str]) -> Config:
@@ -196,6 +196,19 @@ def hydra_message(error: BaseException) -> str:
     if cause is not None and str(cause).strip():
         lines[-1:] = [f"{lines[-1] if lines else ''}: {str(cause).strip().splitlines()[0]}"]
     return " ".join(lines)
+
+
+def refusal_message(error: BaseException, overrides: Sequence[str]) -> str:
+    """Hydra's refusal of the command line in one message (`hydra_message`); for a value that Hydra cannot parse
+    because it holds = or , unquoted (a run folder's name, as in
+    init_from=outputs/fig3-quick/layers=5,seed=0,variant=lvae_bn_wu), how to quote it instead."""
+    if isinstance(error, OverrideParseException):
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if value[:1] not in ("'", '"') and ("=" in value or "," in value):
+                return (f"{override}: a value that holds = or , must be quoted: \"{key}='{value}'\" (with the "
+                        "double quotes, so that the shell passes the single ones on).")
+    return hydra_message(error)
 
 
 def _exit_before_hydra(message: str) -> None:

@@ -38,6 +38,7 @@ from lvae.run.folder import hold_run_dir
 from lvae.run.logs import RunLogFile
 from lvae.run.outcomes import RunFailed, StopRequest, divergence_floor
 from lvae.run.record import read_record
+from lvae.run.sweep import sweep_jobs
 from lvae.run.train import run
 
 from ..helpers import REPO
@@ -194,13 +195,26 @@ def test_a_run_log_that_cannot_be_written_says_so_once(tmp_path, capsys):
     (["layers=abc"], "Error merging override layers=abc: Value 'abc' of type 'str' could not be converted"),
     (["experiment=fig3"], "this command is a sweep (its preset sets variant="),
     (["train.batch_size=1"], "train.batch_size=1 gives batches of one image"),
-], ids=["misspelt", "misspelt-sweep", "misspelt-plus", "sweep-value", "type", "preset-sweep", "batch-of-one"])
+    (["init_from=outputs/fig3-quick/layers=5,seed=0,variant=lvae_bn_wu"],
+     "must be quoted: \"init_from='outputs/fig3-quick/layers=5,seed=0,variant=lvae_bn_wu'\""),
+], ids=["misspelt", "misspelt-sweep", "misspelt-plus", "sweep-value", "type", "preset-sweep", "batch-of-one",
+        "unquoted-folder"])
 def test_the_command_line_is_refused_before_anything_runs(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
         check_command_line(args)
     assert stop.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_folder_given_as_init_from_names_one_folder_of_the_sweep(tmp_path):
+    """A fine-tuning run started from a run folder by hand, quoted as the refusal above says: its own folder is
+    one folder below the sweep's (the path's slashes do not make a tree of folders), named after its base."""
+    base = "outputs/fig3-quick/layers=5,seed=0,variant=lvae_bn_wu"
+    [job] = sweep_jobs(["experiment=table1", "budget=quick", "finetune=mc10", f"init_from='{base}'"],
+                       [f"hydra.sweep.dir={tmp_path}"])
+    assert job.config.init_from == base and job.run_dir.parent == tmp_path
+    assert "layers=5,seed=0,variant=lvae_bn_wu" in job.run_dir.name
 
 
 def test_a_good_command_line_passes_the_check():
