@@ -192,8 +192,7 @@ def read_config_file(path: Path) -> Config:
 
 
 def schema_defaults() -> dict:
-    """Every key of the schema with its default, as plain values ("???" where there is none): what a
-    key that a stored config lacks (added to the schema later) had in that run."""
+    """Every key of the schema with its default, as plain values: the keys that a config may have."""
     return config_to_dict(OmegaConf.structured(Config))
 
 
