@@ -16,10 +16,11 @@ MAX_RUN_DIR_NAME = 200  # bytes; file systems allow 255 per name
 def run_dir_name(override_dirname: str) -> str:
     """Run directories are named by their command-line overrides (`defaults` when none),
     so that the same command finds the same directory again and resumes it. A path among them
-    (`init_from=...`) has its slashes made underscores, so that it names one folder, not a tree of them. A
+    (`init_from=...`) has its slashes made underscores, so that it names one folder, not a tree of them, and
+    the quotes that the command line needs around a value holding = or , are left out of the name. A
     name too long for a file system is cut, with a hash of the whole name appended (the same overrides, the
     same name)."""
-    name = (override_dirname or "defaults").replace("/", "_")
+    name = (override_dirname or "defaults").replace("/", "_").replace("'", "").replace('"', "")
     if len(name.encode()) <= MAX_RUN_DIR_NAME:
         return name
     digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()

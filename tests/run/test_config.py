@@ -107,6 +107,7 @@ def test_a_run_folder_name_too_long_for_a_file_system_is_cut_with_a_hash_of_the_
     assert run_dir_name(overrides.replace("[29,", "[99,")) != name, "overrides differing only at the end differ"
     assert run_dir_name("layers=5,seed=0") == "layers=5,seed=0" and run_dir_name("") == "defaults"
     assert run_dir_name("init_from=outputs/runs/a,seed=1") == "init_from=outputs_runs_a,seed=1", "one folder, no tree"
+    assert run_dir_name("init_from='outputs/a/seed=0,layers=5',seed=1") == "init_from=outputs_a_seed=0,layers=5,seed=1"
 
 
 def test_the_cores_defaults_are_the_run_configs():

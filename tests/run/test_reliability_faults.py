@@ -214,7 +214,7 @@ def test_a_run_folder_given_as_init_from_names_one_folder_of_the_sweep(tmp_path)
     [job] = sweep_jobs(["experiment=table1", "budget=quick", "finetune=mc10", f"init_from='{base}'"],
                        [f"hydra.sweep.dir={tmp_path}"])
     assert job.config.init_from == base and job.run_dir.parent == tmp_path
-    assert "layers=5,seed=0,variant=lvae_bn_wu" in job.run_dir.name
+    assert "init_from=outputs_fig3-quick_layers=5,seed=0,variant=lvae_bn_wu," in job.run_dir.name  # without quotes
 
 
 def test_a_good_command_line_passes_the_check():
