@@ -1,5 +1,6 @@
-"""A published number re-derived with the public API, as the README shows: `lvae.iw_log_likelihood` with a
-published run's stored test indices and seed gives its stored per-image log p(x)."""
+"""Published numbers re-derived as the READMEs show: `lvae.iw_log_likelihood` with a published run's stored test
+indices and seed gives its stored per-image log p(x); `python -m lvae.compare --by-budget` over the published
+folders prints the table of LVAE - VAE by budget that results/README.md shows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import lvae
+from lvae.cli.compare import by_budget
 from lvae.data.files import default_data_root
 from lvae.run.record import PER_IMAGE_FILE
 
@@ -32,3 +34,16 @@ def test_the_public_estimate_gives_a_published_runs_stored_per_image_values():
                                     indices=indices, seed=run.config.seed)
     # Noise keyed on the row position instead (the default) differs by up to about 2 nats per image.
     assert (log_px - stored["test_log_likelihood"][-IMAGES:]).abs().max().item() < TOLERANCE
+
+
+# The folders whose 5-layer pairs results/README.md's table of LVAE - VAE by budget is computed from.
+BY_BUDGET = ("paper-quick/runs", "first-n-images/cpu-50epochs", "vae-vs-lvae-200epochs")
+
+
+def test_the_table_of_lvae_minus_vae_by_budget_is_what_the_command_prints_from_the_published_records():
+    printed = by_budget([RESULTS / folder for folder in BY_BUDGET], layers=5)
+    rows = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 4, "the header and a line for each of 10, 50 and 200 epochs"
+    shown = (RESULTS / "README.md").read_text()
+    missing = [row for row in rows if row not in shown]
+    assert not missing, f"results/README.md does not show these rows that the command prints: {missing}"
