@@ -7,7 +7,7 @@ set -euo pipefail
 shopt -s nullglob
 PARKED=$(cd "$(dirname "$0")" && pwd)
 RUNS=$HOME/lvae-runs
-for run in "$RUNS"/vae_vs_lvae-paper/*/ "$RUNS"/table1-paper-cpu/*/; do
+for run in "$RUNS"/vae_vs_lvae-paper/*/ "$RUNS"/vae_vs_lvae-paper-seed1/*/ "$RUNS"/table1-paper-cpu/*/; do
   name=${run#"$RUNS"/}; name=${name%/}
   rm -rf "$PARKED/$name.new" && mkdir -p "$(dirname "$PARKED/$name")"
   cp -a "$run" "$PARKED/$name.new" && rm -f "$PARKED/$name.new/.lock"  # the lock belongs to a process here

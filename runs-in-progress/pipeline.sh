@@ -3,9 +3,11 @@
 #   setsid nohup bash runs-in-progress/pipeline.sh > ~/lvae-runs/pipeline.console 2>&1 &
 # 1. Restores what this machine lacks: the frozen clone ~/lvae-longrun (the commit the runs started at, with its
 #    own .venv) and each run folder parked in this repository (runs-in-progress/, by park.sh) that ~/lvae-runs lacks.
-# 2. Trains (or resumes) the 5-layer VAE+BN+WU and LVAE+BN+WU, seed 0, budget=paper, side by side at one thread each.
-# 3. Once the base LVAE is complete, fine-tunes it (MC=10 for 50 epochs; MC=10 x IW=10 for 5), side by side.
-# 4. Stages the publication in ~/lvae-runs/publish/ (records with weights, paired comparison, paper folder).
+# 2. Keeps both cores busy with two lanes of runs at one thread each, each run resumed where it stopped:
+#    the VAE lane: the 5-layer VAE+BN+WU at budget=paper, seed 0, then seed 1;
+#    the LVAE lane: the 5-layer LVAE+BN+WU, seed 0; its fine-tunings (MC=10 for 50 epochs, then MC=10 x IW=10 for
+#    5), staging the publication in ~/lvae-runs/publish/ after each (the complete runs' records with weights, the
+#    paired comparison, the paper folder); then the LVAE+BN+WU, seed 1.
 set -uo pipefail
 shopt -s nullglob
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,7 @@ CLONE=$HOME/lvae-longrun
 RUNS=$HOME/lvae-runs
 BASE=$RUNS/vae_vs_lvae-paper
 FINETUNE=$RUNS/table1-paper-cpu
+SEED1=$RUNS/vae_vs_lvae-paper-seed1  # a sweep folder of its own, so that staging seed 0 never meets a run in progress
 LVAE_BASE=$BASE/layers=5,seed=0,variant=lvae_bn_wu
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 LVAE_DATA_ROOT=${LVAE_DATA_ROOT:-$(realpath "$REPO/../shared/data")}
 mkdir -p "$RUNS"
@@ -23,9 +26,39 @@ complete() {  # complete <run folder>: exit status 0 when its record says traine
   "$CLONE/.venv/bin/python" -c "import sys; from pathlib import Path; from lvae.run.record import is_complete, read_record
 sys.exit(0 if is_complete(read_record(Path(sys.argv[1]))) else 1)" "$1"
 }
-train() {  # train <console name> <overrides...>: one run at one thread, in the background
+train() {  # train <console name> <overrides...>: one run at one thread, to its end (a finished one returns at once)
   local name=$1; shift
-  (cd "$CLONE" && .venv/bin/python train.py -m train.compile=true train.progress=false "$@" >> "$RUNS/$name.console" 2>&1) &
+  (cd "$CLONE" && .venv/bin/python train.py -m train.compile=true train.progress=false "$@" >> "$RUNS/$name.console" 2>&1)
+}
+stage() {  # the complete runs of seed 0 and their fine-tunings, published into $RUNS/publish/ as results/ will hold them
+  local OUT=$RUNS/publish/vae-vs-lvae-2000epochs run finished=()
+  for run in "$BASE"/*/ "$FINETUNE"/*/; do complete "$run" && finished+=("${run%/}"); done
+  (cd "$CLONE" &&
+    .venv/bin/python -m lvae.report "${finished[@]}" --publish "$OUT" --weights &&
+    .venv/bin/python -m lvae.compare --a "$OUT/layers=5,seed=0,variant=vae_bn_wu" --b "$OUT/layers=5,seed=0,variant=lvae_bn_wu" > "$OUT/comparison.txt" &&
+    .venv/bin/python -m lvae.paper --from "$OUT" --out "$OUT/paper") >> "$RUNS/publish.console" 2>&1 && echo "$(date -u +%FT%TZ) staged ${#finished[@]} runs in $OUT"
+}
+vae_lane() {
+  for seed in 0 1; do
+    train "vae_bn_wu-seed$seed" experiment=vae_vs_lvae budget=paper seed=$seed variant=vae_bn_wu \
+      hydra.sweep.dir=$([ $seed = 0 ] && echo "$BASE" || echo "$SEED1")
+  done
+}
+lvae_lane() {
+  train lvae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=lvae_bn_wu hydra.sweep.dir=$BASE
+  complete "$LVAE_BASE" || { echo "the base LVAE is not complete: see $RUNS/lvae_bn_wu-seed0.console"; return 1; }
+  # Fine-tuning lengths for this CPU (the paper gives none; configs/finetune_schedule/paper.yaml stays the GPU's):
+  # an MC=10 epoch costs about 10 plain ones and an MC=10 x IW=10 epoch about 100, so 50 and 5 epochs are each
+  # 2-2.5 hours at one thread on this CPU (17 s a plain epoch); from a quarter of the base rate (0.0005), decaying
+  # to a tenth (decay**epochs = 0.1); a checkpoint after every epoch, since an MC=10 x IW=10 epoch is ~30 minutes.
+  # One after the other: the MC=10 one (enough for the MNIST table's first fine-tuned row) is published sooner.
+  train finetune-mc10 experiment=table1 budget=paper seed=0 finetune=mc10 train.epochs=50 train.lr_decay=0.955 \
+    train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
+  stage
+  train finetune-mc10_iw10 experiment=table1 budget=paper seed=0 finetune=mc10_iw10 train.epochs=5 \
+    train.lr_decay=0.631 train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
+  stage
+  train lvae_bn_wu-seed1 experiment=vae_vs_lvae budget=paper seed=1 variant=lvae_bn_wu hydra.sweep.dir=$SEED1
 }
 # The steps, in one function: bash reads all of it before it starts, so editing this file never changes a
 # pipeline that is running.
@@ -40,29 +73,8 @@ main() {
 
   while pgrep -f "hydra.sweep.dir=$RUNS/" > /dev/null; do sleep 60; done  # an earlier start still running
 
-  for v in vae_bn_wu lvae_bn_wu; do
-    train "$v-seed0" experiment=vae_vs_lvae budget=paper seed=0 variant=$v hydra.sweep.dir=$BASE
-  done
+  vae_lane &
+  lvae_lane &
   wait
-  complete "$LVAE_BASE" || { echo "the base LVAE is not complete: see $RUNS/lvae_bn_wu-seed0.console"; return 1; }
-
-  # Fine-tuning lengths for this CPU (the paper gives none; configs/finetune_schedule/paper.yaml stays the GPU's):
-  # an MC=10 epoch costs about 10 plain ones and an MC=10 x IW=10 epoch about 100, so 50 and 5 epochs are each
-  # 2-2.5 hours at one thread on this CPU (17 s a plain epoch); from a quarter of the base rate (0.0005), decaying
-  # to a tenth (decay**epochs = 0.1); a checkpoint after every epoch, since an MC=10 x IW=10 epoch is ~30 minutes.
-  train finetune-mc10 experiment=table1 budget=paper seed=0 finetune=mc10 train.epochs=50 train.lr_decay=0.955 \
-    train.checkpoint_every=1 \
-    "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
-  train finetune-mc10_iw10 experiment=table1 budget=paper seed=0 finetune=mc10_iw10 train.epochs=5 train.lr_decay=0.631 \
-    train.checkpoint_every=1 \
-    "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
-  wait
-
-  OUT=$RUNS/publish/vae-vs-lvae-2000epochs
-  cd "$CLONE" && {
-    .venv/bin/python -m lvae.report "$BASE" "$FINETUNE" --publish "$OUT" --weights &&
-    .venv/bin/python -m lvae.compare --a "$OUT/layers=5,seed=0,variant=vae_bn_wu" --b "$OUT/layers=5,seed=0,variant=lvae_bn_wu" > "$OUT/comparison.txt" &&
-    .venv/bin/python -m lvae.paper --from "$OUT" --out "$OUT/paper"
-  } >> "$RUNS/publish.console" 2>&1 && echo "staged in $OUT"
 }
 main "$@"; exit $?
