@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # for tests.helpers, which is not installed with the package (lvae is)
 
 from lvae.cli.train_command import EXIT_BUSY  # noqa: E402
 from tests.helpers.reproducibility import differences_between_runs  # noqa: E402

@@ -70,7 +70,8 @@ DAMAGES = {
         {**json.loads(text), "test_log_likelihood": {**json.loads(text)["test_log_likelihood"], "mean": "-90"}})),
     "an edited mean": lambda d: _edit_metrics(d, lambda text: json.dumps(
         {**json.loads(text), "test_log_likelihood": {**json.loads(text)["test_log_likelihood"], "mean": -80.0}})),
-    "corrupt per_image.pt": lambda d: (d / "per_image.pt").write_bytes(b"\x80\x04garbage"),
+    # a pickle header (protocol 2, as torch.load expects: 4 adds a warning of its own) before garbage
+    "corrupt per_image.pt": lambda d: (d / "per_image.pt").write_bytes(b"\x80\x02garbage"),
     "truncated per_image.pt": lambda d: (d / "per_image.pt").write_bytes((d / "per_image.pt").read_bytes()[:200]),
 }
 
