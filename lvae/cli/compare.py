@@ -1,5 +1,5 @@
 """`python -m lvae.compare --a RUN [RUN ...] --b RUN [RUN ...] [--images N]`: lvae/report/compare.py pairs the runs;
-`python -m lvae.compare --by-budget DIR [DIR ...] [--layers N]`: LVAE - VAE for each training budget (lvae/report/budgets.py)."""
+`python -m lvae.compare --by-budget DIR [DIR ...] [--layers N] [--figure PNG]`: LVAE - VAE for each training budget (lvae/report/budgets.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from lvae.cli.arguments import positive_integer
-from lvae.report.budgets import budget_lines, budget_table
+from lvae.report.budgets import budget_lines, budget_table, plot_by_budget
 from lvae.report.compare import __doc__ as COMPARE_DOC
 from lvae.report.compare import comparison_table, curve_table, pair_by_seed, read_estimates
 from lvae.report.runs import collect_runs, say_left_out
@@ -23,14 +23,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of --a and --b: every VAE and LVAE run below these directories, LVAE - VAE "
                              "for each training budget (runs of the same training but their seed)")
     parser.add_argument("--layers", type=positive_integer, help="with --by-budget: runs of N stochastic layers only")
+    parser.add_argument("--figure", type=Path, metavar="PNG", help="with --by-budget: also draw the differences "
+                                                                    "against the epochs into this file")
     args = parser.parse_args(argv)
-    if args.layers and not args.by_budget:
-        parser.error("--layers goes with --by-budget (--a and --b name their runs)")
+    if (args.layers or args.figure) and not args.by_budget:
+        parser.error("--layers and --figure go with --by-budget (--a and --b name their runs)")
     if bool(args.by_budget) == bool(args.a or args.b) or (args.a is None) != (args.b is None):
         parser.error("give either --a RUN ... and --b RUN ..., or --by-budget DIR ...")
     try:
         if args.by_budget:
-            print(by_budget(args.by_budget, args.layers))
+            print(by_budget(args.by_budget, args.layers, args.figure))
             return
         pairs = pair_by_seed([read_estimates(p) for p in args.a], [read_estimates(p) for p in args.b])
         table = comparison_table(pairs, args.images)
@@ -41,16 +43,20 @@ def main(argv: list[str] | None = None) -> None:
         print(curves)
 
 
-def by_budget(dirs: list[Path], layers: int | None = None) -> str:
+def by_budget(dirs: list[Path], layers: int | None = None, figure: Path | None = None) -> str:
+    """The table of LVAE - VAE by training budget of the runs below `dirs`; with `figure`, also its plot there."""
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ValueError(f"not a directory: {', '.join(missing)}")
     records = collect_runs(dirs)
     say_left_out(records)
-    table = budget_table(budget_lines(records, layers))
+    lines = budget_lines(records, layers)
+    table = budget_table(lines)
     if not table:
         depth = f" with {layers} layers" if layers else ""
         raise ValueError(f"no VAE and LVAE runs{depth} of the same training and seed below {', '.join(map(str, dirs))}")
+    if figure:
+        plot_by_budget(lines, figure)
     return table
 
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
 
 from lvae.report.compare import RunEstimates, pair_by_seed, paired, read_estimates
 from lvae.report.grid import row_label
 from lvae.report.rule import Difference, better_verdict, over_seeds
 from lvae.report.runs import RunRecord
-from lvae.run.provenance import numerics_version_of
+from lvae.run.provenance import NUMERICS_VERSION, numerics_version_of
 from lvae.run.summary import describe_test_images
 
 A_MODEL, B_MODEL = "vae", "lvae"
@@ -138,3 +141,39 @@ def budget_table(lines: list[BudgetLine]) -> str:
                       better_verdict(d, name).word]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([*header, *rows, ""])
+
+
+def plot_by_budget(lines: list[BudgetLine], path: Path) -> None:
+    """LVAE - VAE against the training epochs (log scale), one panel per quantity and one colour per depth: each
+    line's difference with the interval of its verdict (± t standard errors, lvae/report/rule.py), each seed's
+    paired difference as a cross; hollow where another numerics version than the installed one scored it."""
+    figure = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = figure.subplots(1, len(QUANTITIES), sharex=True)
+    depths = sorted({line.setting["layers"] for line in lines})
+    for ax, (quantity, name) in zip(axes, QUANTITIES):
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        for colour, depth in enumerate(depths):
+            for line in (line for line in lines if line.setting["layers"] == depth):
+                d = line.differences[quantity]
+                epochs = line.setting["train.epochs"] * 1.04 ** (colour - (len(depths) - 1) / 2)  # depths side by side
+                face = f"C{colour}" if line.numerics == NUMERICS_VERSION else "white"
+                ax.errorbar([epochs], [d.value], yerr=[d.threshold], fmt="o", color=f"C{colour}", capsize=3,
+                            markerfacecolor=face)
+                if len(line.seeds) > 1:
+                    ax.plot([epochs] * len(line.seeds), line.per_seed(quantity), "x", color=f"C{colour}",
+                            markersize=5, alpha=0.7)
+                ax.annotate(f"{len(line.seeds)}, {line.images:,}", (epochs, d.value), textcoords="offset points",
+                            xytext=(6, -3), fontsize=7, color=f"C{colour}")
+            ax.plot([], [], "o", color=f"C{colour}", label=f"L={depth}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel(f"{lines[0].labels[1]} - {lines[0].labels[0]} (nats)")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    hollow = (f"; hollow: scored by another numerics version than {NUMERICS_VERSION}"
+              if any(line.numerics != NUMERICS_VERSION for line in lines) else "")
+    figure.suptitle(f"{lines[0].labels[1]} - {lines[0].labels[0]} by training budget\n"
+                    "dot: the difference (the mean over the seeds; with one seed, paired over the test images); "
+                    "bar: ± t standard errors, the verdict's interval;\ncross: each seed; label: seeds, test images"
+                    + hollow, fontsize=9)
+    figure.savefig(path, dpi=120)

@@ -57,8 +57,9 @@ def test_lines_by_budget_with_the_rule_over_images_for_one_seed_and_over_seeds_f
     assert d.degrees_of_freedom == 2 and d.value == pytest.approx(sum(per_seed) / 3)
     assert d.stderr == pytest.approx(torch.tensor(per_seed).std().item() / math.sqrt(3))
 
-    main(["--by-budget", str(tmp_path)])
+    main(["--by-budget", str(tmp_path), "--figure", str(tmp_path / "by_budget.png")])
     out = capsys.readouterr().out
+    assert (tmp_path / "by_budget.png").read_bytes().startswith(b"\x89PNG"), "the figure, drawn from the same lines"
     assert "LVAE+BN+WU - VAE+BN+WU, by training budget" in out
     assert "| 10 epochs, warm-up 2, L=5 | 0 | 200 of 10,000 (random sample) | 5000 | 2 |" in out
     rows = [row for row in out.splitlines() if row.startswith("| 10 epochs") or row.startswith("| 50 epochs")]
@@ -93,8 +94,8 @@ def test_the_command_refuses_mixed_or_empty_requests_in_one_message(tmp_path, ca
             main(argv)
         assert exit_.value.code == 2 and "either --a RUN" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        main(["--a", str(tmp_path / "vae"), "--b", str(tmp_path / "vae"), "--layers", "5"])
-    assert exit_.value.code == 2 and "--layers goes with --by-budget" in capsys.readouterr().err
+        main(["--a", str(tmp_path / "vae"), "--b", str(tmp_path / "vae"), "--figure", "f.png"])
+    assert exit_.value.code == 2 and "--layers and --figure go with --by-budget" in capsys.readouterr().err
     _run(tmp_path / "lvae", "lvae", 0, 0.0)
     for argv, said in ((["--by-budget", str(tmp_path), "--layers", "3"], "no VAE and LVAE runs with 3 layers"),
                        (["--by-budget", str(tmp_path / "nowhere")], "not a directory")):
