@@ -1,10 +1,12 @@
 """Published numbers re-derived as the READMEs show: `lvae.iw_log_likelihood` with a published run's stored test
 indices and seed gives its stored per-image log p(x); `python -m lvae.compare --by-budget` over the published
-folders prints the table of LVAE - VAE by budget that results/README.md shows."""
+folders prints the table of LVAE - VAE by budget that results/README.md shows; the README's table of the 200-epoch
+pair holds the published records' numbers."""
 
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 import lvae
 from lvae.cli.compare import by_budget
 from lvae.data.files import default_data_root
+from lvae.report.compare import paired, read_estimates
 from lvae.run.record import PER_IMAGE_FILE
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -47,3 +50,20 @@ def test_the_table_of_lvae_minus_vae_by_budget_is_what_the_command_prints_from_t
     shown = (RESULTS / "README.md").read_text()
     missing = [row for row in rows if row not in shown]
     assert not missing, f"results/README.md does not show these rows that the command prints: {missing}"
+
+
+def test_the_readmes_table_of_the_200_epoch_pair_is_what_the_published_records_hold():
+    """Each number of the README's first table (three seeds of the 5-layer pair at 200 epochs), from the records."""
+    folder = RESULTS / "vae-vs-lvae-200epochs"
+    runs = {(variant, seed): read_estimates(folder / f"layers=5,seed={seed},variant={variant}")
+            for variant in ("vae_bn_wu", "lvae_bn_wu") for seed in (0, 1, 2)}
+    readme = (RESULTS.parent / "README.md").read_text()
+    for quantity in ("test_log_likelihood", "test_elbo"):
+        for variant in ("vae_bn_wu", "lvae_bn_wu"):
+            means = " / ".join(f"{runs[variant, seed].per_image[quantity].mean().item():.2f}" for seed in (0, 1, 2))
+            assert means in readme, f"{quantity} of {variant}: {means}"
+        differences = [paired(runs["vae_bn_wu", seed], runs["lvae_bn_wu", seed], quantity).difference
+                       for seed in (0, 1, 2)]
+        shown = " / ".join(f"{d:+.2f}" for d in differences)
+        over_seeds = f"**{statistics.fmean(differences):+.2f} ± {statistics.stdev(differences):.2f}**"
+        assert f"{shown} (± " in readme and over_seeds in readme, f"{quantity}: {shown}, {over_seeds}"
