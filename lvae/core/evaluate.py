@@ -274,18 +274,27 @@ class EvalSettings:
     progress: bool = False  # a progress bar for the K-sample estimate
 
 
-def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
-    """Every end-of-run number: test log p(x) (K = settings.iw_samples) and how converged it is,
-    test ELBO, train bound (each also in bits per dimension where the data allow it), KL per layer. A measurement: full float32 on CUDA unless allow_tf32.
-    Plain values, except `per_image`: the test estimates of every image as (N,) float64 tensors.
+# (evaluated model, test images, their indices in the test set) -> iw_log_likelihood_halves of those images
+HalvesPass = Callable[[HierarchicalVAE, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    Call `recompute_batchnorm_statistics` first when the model uses batch norm.
+
+def evaluate_model(model: HierarchicalVAE, data: ImageData, settings: EvalSettings,
+                   halves_pass: Optional[HalvesPass] = None) -> dict:
+    """Every end-of-run number: test log p(x) (K = settings.iw_samples) and how converged it is,
+    test ELBO, train bound (each also in bits per dimension where the data allow it), KL per layer. A measurement:
+    full float32 on CUDA unless allow_tf32. Plain values, except `per_image`: the test estimates of every image as
+    (N,) float64 tensors.
+
+    halves_pass: how the K-sample pass over the test images is made, the longest part by far (default: one call of
+    `iw_log_likelihood_halves` with the settings' K, budget and seed); a run passes one that saves its progress
+    (lvae/run/evaluation_progress.py). Call `recompute_batchnorm_statistics` first when the model uses batch norm.
     """
     device = next(model.parameters()).device
     test_images = len(data.test_subset(settings.test_subset))
     compile_chunks = use_compile(settings.compile, device, test_images * settings.iw_samples, CPU_MIN_EVAL_PAIRS)
     with tf32_matmuls(settings.allow_tf32):
-        results = {**_evaluate(evaluation_copy(model, compile_chunks), data, settings), "compiled": compile_chunks}
+        results = {**_evaluate(evaluation_copy(model, compile_chunks), data, settings, halves_pass),
+                   "compiled": compile_chunks}
     if data.bits_per_dim(0.0) is not None:  # dequantized (scale 256) or binary (scale 1) data
         for key in ("test_log_likelihood", "test_elbo", "train_bound"):
             results[key]["bits_per_dim"] = data.bits_per_dim(results[key]["mean"])
@@ -365,7 +374,8 @@ def curve_point(model: HierarchicalVAE, data: ImageData, settings: CurveSettings
             "kl_per_unit": [layer.tolist() for layer in kl]}
 
 
-def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -> dict:
+def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings,
+              halves_pass: Optional[HalvesPass] = None) -> dict:
     budget, progress, k, seed = settings.memory_budget_mb, settings.progress, settings.iw_samples, settings.seed
     # A fixed random sample of the test set, the same for every run (lvae/data/, fixed_permutation).
     test_indices, test = data.test_sample(settings.test_subset)
@@ -373,8 +383,9 @@ def _evaluate(model: HierarchicalVAE, data: ImageData, settings: EvalSettings) -
     train = data.fixed_train_subset(train_indices, seed=settings.binarization_seed)
     iw, mc = settings.train_iw_samples, settings.train_mc_samples
 
-    log_likelihood, remaining_gap = iw_estimates(
-        iw_log_likelihood_halves(model, test, k, budget, progress, indices=test_indices, seed=seed), k)
+    halves = (halves_pass(model, test, test_indices) if halves_pass else
+              iw_log_likelihood_halves(model, test, k, budget, progress, indices=test_indices, seed=seed))
+    log_likelihood, remaining_gap = iw_estimates(halves, k)
     # One 1-sample pass gives both the test ELBO (row 0) and the KL term of every layer (rows 1..L).
     test_elbo, *test_kl = per_image(model, test, 1, budget, _elbo_and_kl_per_layer,
                                     indices=test_indices, seed=seed, stream="test_elbo")

@@ -39,6 +39,7 @@ from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_r
 from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                  save_checkpoint, state_dict_mismatch)
 from lvae.run.config import Config, ConfigError, config_to_dict, config_yaml, resolve_device, run_differences, validate
+from lvae.run.evaluation_progress import SavedHalvesPass
 from lvae.run.figures import log_to_tensorboard
 from lvae.run.finetune import load_initial_weights
 from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
@@ -159,6 +160,7 @@ def run(cfg: Config, run_dir: Path, record_files: Optional[dict[str, str]] = Non
                 started = time.perf_counter()
                 results, active = _evaluate(session, writer)
             metrics = _write_metrics(session, results, time.perf_counter() - started)
+            SavedHalvesPass(run_dir, eval_settings(cfg)).discard()  # metrics.json holds what it saved
         except RunInterrupted as error:
             unrecorded = _record_status(run_dir, Status.interrupted, reason=str(error), **session.position())
             raise RunInterrupted(error.signum, f"{error}{unrecorded}") from None
@@ -298,7 +300,8 @@ def _train(session: _Session, writer: SummaryWriter, stop: StopRequest) -> None:
         rng_after_training = capture_rng_state()
         recompute_batchnorm_statistics(session.model, session.data.train_batches(cfg.train.batch_size))
         session.save(session.state, rng_after_training)
-        stop.stage = "evaluation (training is complete and checkpointed; a rerun only evaluates)"
+        stop.stage = ("evaluation (training is complete and checkpointed; a rerun only evaluates, from the test "
+                      "images the K-sample pass had not saved)")
     if stop.signum is not None:  # came after the last step's check
         raise RunInterrupted(stop.signum, f"stopped by {signal_name(stop.signum)} at the end of training; "
                              "the final checkpoint is written")
@@ -312,7 +315,8 @@ def _evaluate(session: _Session, writer: SummaryWriter) -> tuple[dict, ActiveUni
     """The end-of-run numbers, also logged to TensorBoard, and the active units (computed once: the
     analysis reuses them)."""
     cfg, data, model, epochs = session.cfg, session.data, session.model, session.cfg.train.epochs
-    results = evaluate_model(model, data, eval_settings(cfg))
+    settings = eval_settings(cfg)
+    results = evaluate_model(model, data, settings, SavedHalvesPass(session.run_dir, settings))
     per_image = results.pop("per_image")
     write_per_image(session.run_dir, per_image)
     for key in ("test_log_likelihood", "test_elbo", "train_bound"):

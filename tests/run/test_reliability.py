@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import lvae.run.checkpoint
+import lvae.run.evaluation_progress
 import lvae.run.folder
 import lvae.run.loop
 import lvae.run.train
@@ -25,6 +26,7 @@ from lvae.data import load_dataset
 from lvae.data.errors import DatasetInvalidError
 from lvae.run.checkpoint import CheckpointError, load_checkpoint
 from lvae.run.config import ConfigError, compose_config, config_to_dict, validate
+from lvae.run.evaluation_progress import EVALUATION_PROGRESS_FILE
 from lvae.run.folder import RunDirBusy, atomic_write, hold_run_dir
 from lvae.run.outcomes import RunFailed, RunInterrupted
 from lvae.run.train import run
@@ -140,6 +142,32 @@ def test_signal_during_evaluation_is_recorded_and_a_rerun_recovers(two_epochs, s
     run(cfg, tmp_path)
     assert _status(tmp_path)["status"] == "completed"
     assert differences_between_runs(reference, tmp_path) == []
+
+
+def test_a_signal_during_the_k_sample_pass_resumes_from_the_test_images_it_saved(two_epochs, tmp_path, monkeypatch):
+    """A budget that makes chunks of 16 of the 32 test images and blocks of one chunk: SIGTERM before the second
+    block leaves the first saved; the rerun computes only the second, and ends as a run never stopped."""
+    cfg, _ = two_epochs
+    cfg = replace(cfg, eval=replace(cfg.eval, memory_budget_mb=1))
+    monkeypatch.setattr(lvae.run.evaluation_progress, "BLOCK_IMAGES", 16)
+    run(cfg, tmp_path / "reference")
+    real, calls = lvae.run.evaluation_progress.iw_log_likelihood_halves, {"n": 0}
+
+    def stopping_at_the_second_block(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lvae.run.evaluation_progress, "iw_log_likelihood_halves", stopping_at_the_second_block)
+    with pytest.raises(RunInterrupted, match="during evaluation"):
+        run(cfg, tmp_path / "stopped")
+    assert (tmp_path / "stopped" / EVALUATION_PROGRESS_FILE).is_file()
+    calls["n"] = 2  # no more signals: count the blocks the rerun computes
+    run(cfg, tmp_path / "stopped")
+    assert calls["n"] == 3, "only the block that was not saved"
+    assert not (tmp_path / "stopped" / EVALUATION_PROGRESS_FILE).exists(), "deleted once metrics.json is written"
+    assert differences_between_runs(tmp_path / "reference", tmp_path / "stopped") == []
 
 
 # 2. One writer per run directory.
