@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from lvae.report.compare import RunEstimates, pair_by_seed, paired, read_estimates
 from lvae.report.grid import row_label
-from lvae.report.rule import Difference, better_verdict, over_seeds
+from lvae.report.rule import Difference, better_verdict, over_images, over_seeds
 from lvae.report.runs import RunRecord
 from lvae.run.provenance import NUMERICS_VERSION, numerics_version_of
 from lvae.run.summary import describe_test_images
@@ -100,8 +100,7 @@ def _line(runs_a: list[RunRecord], runs_b: list[RunRecord]) -> BudgetLine:
     for quantity, _ in QUANTITIES:
         results = [paired(a, b, quantity, images) for a, b in pairs]
         differences[quantity] = (over_seeds([r.difference for r in results]) if len(results) > 1 else
-                                 Difference(results[0].difference, results[0].difference_stderr, images - 1,
-                                            f"paired over {images:,} test images, 1 seed"))
+                                 over_images(results[0].difference, results[0].difference_stderr, images))
     setting = {key: value for key, value in runs_a[0].setting.items() if key not in NOT_TRAINING}
     return BudgetLine(setting, (row_label(runs_a[0].setting), row_label(runs_b[0].setting)), pairs, images,
                       describe_test_images(which, noun=""), first["iw_samples"], numerics_version_of(runs_a[0].metrics),

@@ -17,7 +17,7 @@ from lvae.report.figures import curve_points
 from lvae.report.grid import Grid
 from lvae.report.paper_numbers import PAPER_ORDER
 from lvae.report.rule import (DESCRIPTIVE, NOT_RUN, NOT_TESTABLE, Difference, Verdict, all_of, better_verdict,
-                              format_count, over_seeds)
+                              format_count, over_images, over_seeds)
 from lvae.report.runs import RunRecord
 
 VAE_VARIANTS = PAPER_ORDER[:3]  # VAE, VAE+BN, VAE+BN+WU
@@ -109,7 +109,7 @@ def difference(runs_a: list[RunRecord], runs_b: list[RunRecord], quantity: str) 
             stderrs.append(math.hypot(ma["stderr"], mb["stderr"]))
             images.append(min(ma["images"], mb["images"]))
     if len(values) == 1:
-        return Difference(values[0], stderrs[0], images[0] - 1, f"paired over {images[0]:,} test images, 1 seed")
+        return over_images(values[0], stderrs[0], images[0])
     return over_seeds(values)
 
 

@@ -79,6 +79,11 @@ def over_seeds(values: list[float], counts: bool = False) -> Optional[Difference
                       f"mean of {n} seeds' paired differences ({listed}) ± its standard error over the seeds")
 
 
+def over_images(value: float, stderr: float, images: int) -> Difference:
+    """One seed's difference, paired image by image on `images` test images, and its standard error over them."""
+    return Difference(value, stderr, images - 1, f"paired over {images:,} test images, 1 seed")
+
+
 @dataclass
 class Verdict:
     word: str  # one of MEASURED, MISSING, or DESCRIPTIVE
