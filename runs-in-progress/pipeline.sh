@@ -4,10 +4,10 @@
 # 1. Restores what this machine lacks: the frozen clone ~/lvae-longrun (the commit the runs started at, with its
 #    own .venv) and each run folder parked in this repository (runs-in-progress/, by park.sh) that ~/lvae-runs lacks.
 # 2. Keeps both cores busy with two lanes of runs at one thread each, each run resumed where it stopped:
-#    the VAE lane: the 5-layer VAE+BN+WU at budget=paper, seed 0, then seed 1;
+#    the VAE lane: the 5-layer VAE+BN+WU at budget=paper, seed 0, then seed 1, then the plain VAE, seed 0;
 #    the LVAE lane: the 5-layer LVAE+BN+WU, seed 0; its fine-tunings (MC=10 for 50 epochs, then MC=10 x IW=10 for
 #    5), staging the publication in ~/lvae-runs/publish/ after each (the complete runs' records with weights, the
-#    paired comparison, the paper folder); then the LVAE+BN+WU, seed 1.
+#    paired comparison, the paper folder); then the LVAE+BN+WU, seed 1, then the VAE+BN, seed 0.
 set -uo pipefail
 shopt -s nullglob
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +43,8 @@ vae_lane() {
     train "vae_bn_wu-seed$seed" experiment=vae_vs_lvae budget=paper seed=$seed variant=vae_bn_wu \
       hydra.sweep.dir=$([ $seed = 0 ] && echo "$BASE" || echo "$SEED1")
   done
+  # Then the plain VAE at the paper's budget, for the active units and Figure 3's 5-layer column.
+  train vae-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae hydra.sweep.dir=$BASE
 }
 lvae_lane() {
   train lvae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=lvae_bn_wu hydra.sweep.dir=$BASE
@@ -59,6 +61,7 @@ lvae_lane() {
     train.lr_decay=0.631 train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
   stage
   train lvae_bn_wu-seed1 experiment=vae_vs_lvae budget=paper seed=1 variant=lvae_bn_wu hydra.sweep.dir=$SEED1
+  train vae_bn-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae_bn hydra.sweep.dir=$BASE
 }
 # The steps, in one function: bash reads all of it before it starts, so editing this file never changes a
 # pipeline that is running.
