@@ -149,6 +149,7 @@ def plot_by_budget(lines: list[BudgetLine], path: Path) -> None:
     figure = Figure(figsize=(11, 4.6), layout="constrained")
     axes = figure.subplots(1, len(QUANTITIES), sharex=True)
     depths = sorted({line.setting["layers"] for line in lines})
+    ks = sorted({line.k for line in lines})
     for ax, (quantity, name) in zip(axes, QUANTITIES):
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         for colour, depth in enumerate(depths):
@@ -161,8 +162,10 @@ def plot_by_budget(lines: list[BudgetLine], path: Path) -> None:
                 if len(line.seeds) > 1:
                     ax.plot([epochs] * len(line.seeds), line.per_seed(quantity), "x", color=f"C{colour}",
                             markersize=5, alpha=0.7)
-                ax.annotate(f"{len(line.seeds)}, {line.images:,}", (epochs, d.value), textcoords="offset points",
-                            xytext=(6, -3), fontsize=7, color=f"C{colour}")
+                images = f"first {line.images:,}" if line.test_images.startswith("the first") else f"{line.images:,}"
+                label = f"{len(line.seeds)}, {images}" + ("" if len(ks) == 1 else f", K={line.k}")
+                ax.annotate(label, (epochs, d.value), textcoords="offset points", xytext=(6, -3), fontsize=7,
+                            color=f"C{colour}")
             ax.plot([], [], "o", color=f"C{colour}", label=f"L={depth}")
         ax.set_xscale("log")
         ax.set_xlabel("training epochs")
@@ -171,8 +174,11 @@ def plot_by_budget(lines: list[BudgetLine], path: Path) -> None:
         ax.legend(fontsize=8)
     hollow = (f"; hollow: scored by another numerics version than {NUMERICS_VERSION}"
               if any(line.numerics != NUMERICS_VERSION for line in lines) else "")
-    figure.suptitle(f"{lines[0].labels[1]} - {lines[0].labels[0]} by training budget\n"
+    scored = f", test log p(x) with K={ks[0]}" if len(ks) == 1 else ""
+    figure.suptitle(f"{lines[0].labels[1]} - {lines[0].labels[0]} by training budget{scored}\n"
                     "dot: the difference (the mean over the seeds; with one seed, paired over the test images); "
-                    "bar: ± t standard errors, the verdict's interval;\ncross: each seed; label: seeds, test images"
+                    "bar: ± t standard errors, the verdict's interval;\ncross: each seed; label: seeds, test images "
+                    "(first: in file order, else a fixed random sample or all)"
+                    + ("" if len(ks) == 1 else ", K")
                     + hollow, fontsize=9)
     figure.savefig(path, dpi=120)
