@@ -97,7 +97,3 @@ class SavedHalvesPass:
             log.info("evaluation: %s belongs to another model or settings; evaluating every test image", self.path)
             return empty
         return saved["halves"].to(torch.float64), saved["done"].clone()
-
-    def discard(self) -> None:
-        """Delete the saved progress: called once metrics.json holds the evaluation."""
-        self.path.unlink(missing_ok=True)

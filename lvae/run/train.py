@@ -39,7 +39,7 @@ from lvae.run.analysis import AnalysisSettings, RunToAnalyze, analyze, analyze_r
 from lvae.run.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                  save_checkpoint, state_dict_mismatch)
 from lvae.run.config import Config, ConfigError, config_to_dict, config_yaml, resolve_device, run_differences, validate
-from lvae.run.evaluation_progress import SavedHalvesPass
+from lvae.run.evaluation_progress import EVALUATION_PROGRESS_FILE, SavedHalvesPass
 from lvae.run.figures import log_to_tensorboard
 from lvae.run.finetune import load_initial_weights
 from lvae.run.folder import RunDirHold, hold_run_dir, naming_failures, remove_stale_temporaries, write_text
@@ -160,7 +160,7 @@ def run(cfg: Config, run_dir: Path, record_files: Optional[dict[str, str]] = Non
                 started = time.perf_counter()
                 results, active = _evaluate(session, writer)
             metrics = _write_metrics(session, results, time.perf_counter() - started)
-            SavedHalvesPass(run_dir, eval_settings(cfg)).discard()  # metrics.json holds what it saved
+            (run_dir / EVALUATION_PROGRESS_FILE).unlink(missing_ok=True)  # metrics.json holds what it saved
         except RunInterrupted as error:
             unrecorded = _record_status(run_dir, Status.interrupted, reason=str(error), **session.position())
             raise RunInterrupted(error.signum, f"{error}{unrecorded}") from None
