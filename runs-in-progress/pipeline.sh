@@ -4,10 +4,12 @@
 # 1. Restores what this machine lacks: the frozen clone ~/lvae-longrun (the commit the runs started at, with its
 #    own .venv) and each run folder parked in this repository (runs-in-progress/, by park.sh) that ~/lvae-runs lacks.
 # 2. Keeps both cores busy with two lanes of runs at one thread each, each run resumed where it stopped:
-#    the VAE lane: the 5-layer VAE+BN+WU at budget=paper, seed 0, then seed 1, then the plain VAE, seed 0;
-#    the LVAE lane: the 5-layer LVAE+BN+WU, seed 0; its fine-tunings (MC=10 for 50 epochs, then MC=10 x IW=10 for
-#    5), staging the publication in ~/lvae-runs/publish/ after each (the complete runs' records with weights, the
-#    paired comparison, the paper folder); then the LVAE+BN+WU, seed 1, then the VAE+BN, seed 0.
+#    the LVAE lane: the 5-layer LVAE+BN+WU at budget=paper, seed 0; its MC=10 fine-tuning (30 epochs); the
+#    LVAE+BN+WU, seed 1; the VAE+BN, seed 0;
+#    the VAE lane: the 5-layer VAE+BN+WU, seed 0; once the base LVAE is complete, its MC=10 x IW=10 fine-tuning
+#    (3 epochs), beside the MC=10 one; the VAE+BN+WU, seed 1; the plain VAE, seed 0.
+#    After each fine-tuning, the publication is staged in ~/lvae-runs/publish/ (the complete runs' records with
+#    weights, the paired comparison, the paper folder).
 set -uo pipefail
 shopt -s nullglob
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,28 +40,31 @@ stage() {  # the complete runs of seed 0 and their fine-tunings, published into 
     .venv/bin/python -m lvae.compare --a "$OUT/layers=5,seed=0,variant=vae_bn_wu" --b "$OUT/layers=5,seed=0,variant=lvae_bn_wu" > "$OUT/comparison.txt" &&
     .venv/bin/python -m lvae.paper --from "$OUT" --out "$OUT/paper") >> "$RUNS/publish.console" 2>&1 && echo "$(date -u +%FT%TZ) staged ${#finished[@]} runs in $OUT"
 }
+finetune() {  # finetune <mc10|mc10_iw10> <epochs> <lr_decay>: the base LVAE fine-tuned, then staged
+  train "finetune-$1" experiment=table1 budget=paper seed=0 finetune=$1 train.epochs=$2 train.lr_decay=$3 \
+    train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
+  (flock 9 && stage) 9> "$RUNS/stage.lock"  # one staging at a time: the two lanes fine-tune side by side
+}
+# Fine-tuning lengths for this CPU (the paper gives none; configs/finetune_schedule/paper.yaml stays the GPU's):
+# an MC=10 epoch costs about 10 plain ones and an MC=10 x IW=10 epoch about 100, so 30 and 3 epochs are each
+# about 300 plain epochs, 70-90 minutes at one thread on this CPU (14-17 s a plain epoch); with the K=5000
+# evaluations both fit one session beside each other, once the base LVAE is complete. From a quarter of the
+# base rate (0.0005), decaying to a tenth (decay**epochs = 0.1); a checkpoint after every epoch, since an
+# MC=10 x IW=10 epoch is ~25 minutes.
 vae_lane() {
-  for seed in 0 1; do
-    train "vae_bn_wu-seed$seed" experiment=vae_vs_lvae budget=paper seed=$seed variant=vae_bn_wu \
-      hydra.sweep.dir=$([ $seed = 0 ] && echo "$BASE" || echo "$SEED1")
-  done
+  train vae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae_bn_wu hydra.sweep.dir=$BASE
+  # The fine-tunings are what the MNIST table needs, so this core takes the MC=10 x IW=10 one as soon as the
+  # base LVAE is complete (or its lane has given up), beside the LVAE lane's MC=10 one; seed 1 comes after.
+  while ! complete "$LVAE_BASE" && kill -0 "$LVAE_LANE" 2> /dev/null; do sleep 60; done
+  complete "$LVAE_BASE" && finetune mc10_iw10 3 0.464
+  train vae_bn_wu-seed1 experiment=vae_vs_lvae budget=paper seed=1 variant=vae_bn_wu hydra.sweep.dir=$SEED1
   # Then the plain VAE at the paper's budget, for the active units and Figure 3's 5-layer column.
   train vae-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae hydra.sweep.dir=$BASE
 }
 lvae_lane() {
   train lvae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=lvae_bn_wu hydra.sweep.dir=$BASE
   complete "$LVAE_BASE" || { echo "the base LVAE is not complete: see $RUNS/lvae_bn_wu-seed0.console"; return 1; }
-  # Fine-tuning lengths for this CPU (the paper gives none; configs/finetune_schedule/paper.yaml stays the GPU's):
-  # an MC=10 epoch costs about 10 plain ones and an MC=10 x IW=10 epoch about 100, so 50 and 5 epochs are each
-  # 2-2.5 hours at one thread on this CPU (17 s a plain epoch); from a quarter of the base rate (0.0005), decaying
-  # to a tenth (decay**epochs = 0.1); a checkpoint after every epoch, since an MC=10 x IW=10 epoch is ~30 minutes.
-  # One after the other: the MC=10 one (enough for the MNIST table's first fine-tuned row) is published sooner.
-  train finetune-mc10 experiment=table1 budget=paper seed=0 finetune=mc10 train.epochs=50 train.lr_decay=0.955 \
-    train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
-  stage
-  train finetune-mc10_iw10 experiment=table1 budget=paper seed=0 finetune=mc10_iw10 train.epochs=5 \
-    train.lr_decay=0.631 train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
-  stage
+  finetune mc10 30 0.926
   train lvae_bn_wu-seed1 experiment=vae_vs_lvae budget=paper seed=1 variant=lvae_bn_wu hydra.sweep.dir=$SEED1
   train vae_bn-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae_bn hydra.sweep.dir=$BASE
 }
@@ -76,8 +81,9 @@ main() {
 
   while pgrep -f "hydra.sweep.dir=$RUNS/" > /dev/null; do sleep 60; done  # an earlier start still running
 
-  vae_lane &
   lvae_lane &
+  LVAE_LANE=$!
+  vae_lane &
   wait
 }
 main "$@"; exit $?
