@@ -181,4 +181,5 @@ def plot_by_budget(lines: list[BudgetLine], path: Path) -> None:
                     "(first: in file order, else a fixed random sample or all)"
                     + ("" if len(ks) == 1 else ", K")
                     + hollow, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as --publish and --out make theirs
     figure.savefig(path, dpi=120)

@@ -57,9 +57,10 @@ def test_lines_by_budget_with_the_rule_over_images_for_one_seed_and_over_seeds_f
     assert d.degrees_of_freedom == 2 and d.value == pytest.approx(sum(per_seed) / 3)
     assert d.stderr == pytest.approx(torch.tensor(per_seed).std().item() / math.sqrt(3))
 
-    main(["--by-budget", str(tmp_path), "--figure", str(tmp_path / "by_budget.png")])
+    figure = tmp_path / "figures" / "by_budget.png"  # a folder that does not exist yet is made
+    main(["--by-budget", str(tmp_path), "--figure", str(figure)])
     out = capsys.readouterr().out
-    assert (tmp_path / "by_budget.png").read_bytes().startswith(b"\x89PNG"), "the figure, drawn from the same lines"
+    assert figure.read_bytes().startswith(b"\x89PNG"), "the figure, drawn from the same lines"
     assert "LVAE+BN+WU - VAE+BN+WU, by training budget" in out
     assert "| 10 epochs, warm-up 2, L=5 | 0 | 200 of 10,000 (random sample) | 5000 | 2 |" in out
     rows = [row for row in out.splitlines() if row.startswith("| 10 epochs") or row.startswith("| 50 epochs")]
