@@ -3,8 +3,9 @@
 # `make install`), from the repository root:
 #   bash runs-in-progress/publish.sh
 # Writes results/vae-vs-lvae-2000epochs/: each complete run's record with its weights.pt (lvae.report --publish
-# --weights), comparison.md (lvae.compare, paired by seed, under each run's provenance), by_budget.md and lvae_minus_vae_by_budget.png
-# (LVAE - VAE from 10 to 2000 epochs, with the earlier published folders) and paper/ (lvae.paper --from).
+# --weights), comparison.md (lvae.compare, paired by seed, under each run's provenance), finetuning.md (each
+# fine-tuning against its base), by_budget.md and lvae_minus_vae_by_budget.png (LVAE - VAE from 10 to 2000
+# epochs, with the earlier published folders) and paper/ (lvae.paper --from).
 # Runs in progress are left out; running it again publishes what has completed since.
 set -euo pipefail
 shopt -s nullglob
@@ -22,10 +23,12 @@ sys.exit(0 if is_complete(read_record(Path(sys.argv[1]))) else 1)" "$run" && com
 done
 [ ${#complete[@]} -gt 0 ] || { echo "no complete run below $RUNS"; exit 1; }
 "$PY" -m lvae.report "${complete[@]}" --publish "$OUT" --weights > /dev/null
-# Folder names as this code writes them (lvae/run/identity.py): without the quotes that the fine-tunings'
-# init_from='...' put into the names the frozen code gave them; then the report written again under them.
-for folder in "$OUT"/*\'*; do
-  rm -rf "${folder//\'/}" && mv "$folder" "${folder//\'/}"
+# The fine-tunings' folders named as the table1 preset names its own (finetune=mc10,seed=0): the names the
+# command line gave them hold the base run's path, quoted (init_from='...'); their records keep the command.
+for folder in "$OUT"/finetune=*; do
+  name=$(basename "$folder") seed=$(sed -n 's/^seed: //p' "$folder/config.yaml")
+  short="$OUT/${name%%,*},seed=$seed"
+  [ "$folder" = "$short" ] || { rm -rf "$short" && mv "$folder" "$short"; }
 done
 "$PY" -m lvae.report "$OUT" > /dev/null
 vae=("$OUT"/layers=5,seed=*,variant=vae_bn_wu) lvae=("$OUT"/layers=5,seed=*,variant=lvae_bn_wu)
@@ -52,6 +55,24 @@ HEADER
   "$PY" -m lvae.compare --a "${vae[@]}" --b "${lvae[@]}" >> "$OUT/comparison.md"
   "$PY" -m lvae.compare --by-budget "${EARLIER[@]}" "$OUT" --layers 5 --figure "$OUT/lvae_minus_vae_by_budget.png" \
     > "$OUT/by_budget.md"
+fi
+# finetuning.md: each fine-tuning against the run it started from, paired image by image (and IW=10 against MC=10).
+tuned=("$OUT"/finetune=mc10,seed=[0] "$OUT"/finetune=mc10_iw10,seed=[0])  # [0]: a pattern, so nullglob drops a missing one
+if [ ${#tuned[@]} -gt 0 ]; then
+  base="$OUT/layers=5,seed=0,variant=lvae_bn_wu"
+  {
+    echo "# The 2000-epoch LVAE+BN+WU fine-tuned, against itself before, paired over all 10,000 test images, seed 0"
+    echo
+    echo "Each table is \`python -m lvae.compare --a A --b B\` with A and B named above it. Each fine-tuning starts"
+    echo "from the same 2000-epoch weights (not one after the other); their commands, lengths and learning rates are"
+    echo "in their records (metrics.json, config.yaml) and in results/README.md."
+    for b in "${tuned[@]}"; do
+      echo; echo "## --a $base --b $b"; echo; "$PY" -m lvae.compare --a "$base" --b "$b"
+    done
+    if [ ${#tuned[@]} -eq 2 ]; then
+      echo; echo "## --a ${tuned[0]} --b ${tuned[1]}"; echo; "$PY" -m lvae.compare --a "${tuned[0]}" --b "${tuned[1]}"
+    fi
+  } > "$OUT/finetuning.md"
 fi
 "$PY" -m lvae.paper --from "$OUT" --out "$OUT/paper"
 echo "published ${#complete[@]} runs in $OUT"
