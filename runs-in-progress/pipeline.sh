@@ -21,6 +21,7 @@ BASE=$RUNS/vae_vs_lvae-paper
 FINETUNE=$RUNS/table1-paper-cpu
 SEED1=$RUNS/vae_vs_lvae-paper-seed1  # a sweep folder of its own, so that staging seed 0 never meets a run in progress
 LVAE_BASE=$BASE/layers=5,seed=0,variant=lvae_bn_wu
+VAE_BASE=$BASE/layers=5,seed=0,variant=vae_bn_wu
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 LVAE_DATA_ROOT=${LVAE_DATA_ROOT:-$(realpath "$REPO/../shared/data")}
 mkdir -p "$RUNS"
 
@@ -28,7 +29,7 @@ complete() {  # complete <run folder>: exit status 0 when its record says traine
   "$CLONE/.venv/bin/python" -c "import sys; from pathlib import Path; from lvae.run.record import is_complete, read_record
 sys.exit(0 if is_complete(read_record(Path(sys.argv[1]))) else 1)" "$1"
 }
-train() {  # train <console name> <overrides...>: one run at one thread, to its end (a finished one returns at once)
+train() {  # train <console name> <overrides...>: one run at $OMP_NUM_THREADS threads, to its end (a finished one returns at once)
   local name=$1; shift
   (cd "$CLONE" && .venv/bin/python train.py -m train.compile=true train.progress=false "$@" >> "$RUNS/$name.console" 2>&1)
 }
@@ -62,7 +63,12 @@ vae_lane() {
   train vae-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=vae hydra.sweep.dir=$BASE
 }
 lvae_lane() {
-  train lvae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=lvae_bn_wu hydra.sweep.dir=$BASE
+  # Both threads when the VAE lane has nothing to do but wait for this run (its VAE complete): a thread count
+  # changes only how fast it runs, and the record names the threads of its last sitting.
+  local threads=1
+  complete "$VAE_BASE" && threads=2
+  OMP_NUM_THREADS=$threads train lvae_bn_wu-seed0 experiment=vae_vs_lvae budget=paper seed=0 variant=lvae_bn_wu \
+    hydra.sweep.dir=$BASE
   complete "$LVAE_BASE" || { echo "the base LVAE is not complete: see $RUNS/lvae_bn_wu-seed0.console"; return 1; }
   finetune mc10 30 0.926
   train lvae_bn_wu-seed1 experiment=vae_vs_lvae budget=paper seed=1 variant=lvae_bn_wu hydra.sweep.dir=$SEED1
