@@ -33,7 +33,8 @@ def iw_log_likelihood(model: HierarchicalVAE, x: torch.Tensor, k: int = 5000,
     Each image's noise is drawn from (seed, its index): indices (N,) are the images' indices in the whole
     test set (default 0..N-1, their rows in x). With a run's stored `test_indices` (per_image.pt), its seed
     (run.config.seed) and k = run.config.eval.iw_samples, this gives the run's stored per-image values, to float32
-    rounding (about 1e-3 nats an image: the run evaluated with batch norm folded into its linear maps, compiled)."""
+    rounding (up to a few 1e-3 nats an image, about 1e-4 in a mean of many: the run evaluated with batch norm
+    folded into its linear maps, compiled, and the thread count changes the order of the sums)."""
     return evaluate.iw_log_likelihood(model, x, k, memory_budget_mb, indices=indices, seed=seed)
 
 

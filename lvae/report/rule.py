@@ -40,7 +40,8 @@ RULE = ("**The rule of every verdict.** A claim that b is better than a is judge
         "itself prevents it. Counts (active units, curve points) take the same test over seeds, and with one seed "
         "are *descriptive* (no verdict word). A claim of several parts lists each part with its word; its headline "
         "is the least favourable word of its measured parts (a missing part never hides a measured one), and when "
-        "every measured part is supported, the word of a missing part (what never ran is not shown).")
+        "every measured part is supported, the word of a missing part (what never ran is not shown); when the "
+        "only measured parts are descriptive, *descriptive*.")
 
 
 def t_critical(degrees_of_freedom: int) -> float:
@@ -122,15 +123,16 @@ def better_verdict(d: Optional[Difference], what: str, missing: Optional[Verdict
 
 def all_of(verdicts: list[Verdict]) -> Verdict:
     """One verdict for a claim made of parts: the least favourable word of the measured parts; when every
-    measured part is supported but a part is missing, the missing part's word (not run before not testable);
-    descriptive parts count for nothing ("descriptive" when nothing else is there)."""
+    measured part is supported but a part is missing, the missing part's word (not run before not testable).
+    A descriptive part gives no word, but it was measured: when the only measured parts are descriptive, the
+    headline is "descriptive", never the word of a missing part, which would hide them."""
     words = [v.word for v in verdicts]
     measured = [w for w in MEASURED if w in words]
     missing = [w for w in MISSING if w in words]
     if measured and measured[0] != SUPPORTED:
         word = measured[0]
-    elif missing:
-        word = missing[0]
+    elif measured:
+        word = missing[0] if missing else SUPPORTED
     else:
-        word = measured[0] if measured else DESCRIPTIVE
+        word = missing[0] if missing and DESCRIPTIVE not in words else DESCRIPTIVE
     return Verdict(word, f": {len(verdicts)} parts, combined by the rule above", tuple(verdicts))

@@ -63,6 +63,8 @@ def test_a_claim_of_parts_is_never_more_favourable_than_its_least_favourable_mea
     assert all_of([missing, budget]).word == NOT_RUN
     assert all_of([described, described]).word == DESCRIPTIVE
     assert all_of([described, supported]).word == SUPPORTED, "a descriptive part gives no word"
+    assert all_of([missing, described, missing]).word == DESCRIPTIVE, "a missing part never hides a described one"
+    assert all_of([supported, described, missing]).word == NOT_RUN
     combined = all_of([missing, negative, missing])
     assert combined.summary() == "not supported (1 not supported, 2 not run)"
     assert "- not supported: b" in combined.markdown() and "- not run: d" in combined.markdown()
