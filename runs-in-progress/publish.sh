@@ -45,7 +45,7 @@ print(f"# LVAE+BN+WU minus VAE+BN+WU, 5 layers, {first['epochs']} epochs (the pa
       f"{first['test_log_likelihood']['images']:,} test images, {len(seeds)} seed{'s' * (len(seeds) > 1)}\n")
 print(f"`python -m lvae.compare --a {' '.join(str(r) for r in runs if r.name.endswith('=vae_bn_wu'))} "
       f"--b {' '.join(str(r) for r in runs if r.name.endswith('=lvae_bn_wu'))}`. The runs: "
-      + "; ".join(f"{run.name}: `{r['command']}`, commit {r['git_commit'][:7]}, finished {r['date']}, "
+      + "; ".join(f"{run.name}: `{r['command']}`, commit {r['git_commit'][:7]}, last sitting started {r['date']}, "
                   f"{r['wall_time_s']['train'] / 3600:.1f} h of training over its sittings + "
                   f"{r['wall_time_s']['evaluate'] / 60:.0f} min of evaluation on {r['device']}, "
                   f"K={r['test_log_likelihood']['iw_samples']}, numerics version {r['numerics_version']}"

@@ -44,11 +44,23 @@ def is_current_numerics(metrics: dict) -> bool:
     return numerics_version_of(metrics) == NUMERICS_VERSION
 
 
+def cpu_model() -> str:
+    """The CPU's model name where the system says it (Linux: /proc/cpuinfo), else its architecture: two CPUs of
+    one architecture can round float32 sums differently (their kernels pick other instructions)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.partition(':')[2].strip()}, {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     threads = torch.get_num_threads()
-    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def command_line() -> str:

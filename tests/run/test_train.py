@@ -1,7 +1,9 @@
 """Training lowers the loss; a whole run writes its directory with every field."""
 
 import json
+import platform
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from lvae.data.images import ImageData
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
 from lvae.run.loop import train_model
-from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line
+from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line, describe_device
 from lvae.run.settings import model_spec
 from lvae.run.train import run
 from tests.helpers.tiny_run import TINY_MODEL
@@ -155,3 +157,15 @@ def test_a_run_leaves_the_tf32_flags_and_the_callers_as_they_were(synthetic_mnis
 def test_the_recorded_command_names_the_script_within_the_repository(monkeypatch, script, recorded):
     monkeypatch.setattr(sys, "argv", [script, "model=lvae", "layers=5"])
     assert command_line() == f"{recorded} model=lvae layers=5"
+
+
+def test_a_cpu_run_records_the_cpus_model_where_the_system_names_it():
+    """Two x86_64 CPUs can round a float32 sum differently, so "x86_64" alone cannot say where a number came from."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    if not names:
+        pytest.skip("this system names no CPU model in /proc/cpuinfo")
+    threads = torch.get_num_threads()
+    assert describe_device(torch.device("cpu")) == f"cpu ({names[0]}, {platform.machine()}, {threads} thread" + \
+        ("s)" if threads > 1 else ")")
