@@ -42,6 +42,8 @@ stage() {  # the complete runs of seed 0 and their fine-tunings, published into 
     .venv/bin/python -m lvae.paper --from "$OUT" --out "$OUT/paper") >> "$RUNS/publish.console" 2>&1 && echo "$(date -u +%FT%TZ) staged ${#finished[@]} runs in $OUT"
 }
 finetune() {  # finetune <mc10|mc10_iw10> <epochs> <lr_decay>: the base LVAE fine-tuned, then staged
+  # Once published (results/ holds its record), a fine-tuning is done: its folder is not parked (park.sh).
+  complete "$REPO/results/vae-vs-lvae-2000epochs/finetune=$1,seed=0" 2> /dev/null && return 0
   train "finetune-$1" experiment=table1 budget=paper seed=0 finetune=$1 train.epochs=$2 train.lr_decay=$3 \
     train.checkpoint_every=1 "init_from='$LVAE_BASE'" hydra.sweep.dir=$FINETUNE
   (flock 9 && stage) 9> "$RUNS/stage.lock"  # one staging at a time: the two lanes fine-tune side by side
