@@ -144,7 +144,7 @@ class Config:
     device: Device = Device.auto
     allow_tf32: bool = True  # TF32 matmuls on CUDA (the log-likelihood reduction stays in float64)
     resume: Optional[str] = None  # a run directory to continue (default: the run's own directory)
-    init_from: Optional[str] = None  # a completed run directory whose final weights start training (fine-tuning)
+    init_from: Optional[str] = None  # a completed (or published) run directory whose final weights start training
     budget_name: Optional[str] = None  # the budget preset (configs/budget/) that set epochs and evaluation, if any
 
 

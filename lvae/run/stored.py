@@ -52,14 +52,20 @@ PUBLISHED_ADVICE = ("It was left untouched; publish the run again from its run f
                     "--publish DIR --weights) or restore this folder from where it was published.")
 
 
+def load_final_weights(run_dir: Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:
+    """The file of run_dir's final weights (its checkpoint, else a published run's weights.pt) and what it holds
+    ("model": the state dict, batch-norm statistics included; "config"), checked against its checksum."""
+    published = is_published(run_dir)
+    path = run_dir / (WEIGHTS_FILE if published else CHECKPOINT_FILE)
+    return path, load_checkpoint(path, device, PUBLISHED_ADVICE if published else RUN_ADVICE)
+
+
 def stored_run(run_dir: Path, device: torch.device, data_root: str | Path | None = None) -> tuple[Config, dict]:
     """The config and model state dict of run_dir: the weights from its checkpoint, else (a published run) from
     weights.pt, both checked against the checksum written with them; the config is config.yaml, its data where
     `data_root` says (see `_data_root`). config.yaml is a copy for people: one that disagrees with the config
     stored with the weights (edited, or copied from another run) is refused, naming the keys."""
-    published = is_published(run_dir)
-    path = run_dir / (WEIGHTS_FILE if published else CHECKPOINT_FILE)
-    checkpoint = load_checkpoint(path, device, PUBLISHED_ADVICE if published else RUN_ADVICE)
+    path, checkpoint = load_final_weights(run_dir, device)
     cfg = read_config(run_dir)
     if checkpoint.get("config") is not None:
         differences = run_differences(checkpoint["config"], cfg)

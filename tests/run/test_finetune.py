@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from lvae.core.models import build_model
 from lvae.run.checkpoint import CheckpointError, load_checkpoint
 from lvae.run.config import ConfigError, compose_config
 from lvae.run.finetune import learning_rate, load_initial_weights
+from lvae.run.record import write_weights
 from lvae.run.settings import model_spec
 from lvae.run.train import run
 from tests.helpers.tiny_run import tiny_run
@@ -58,3 +60,18 @@ def test_a_run_with_init_from_starts_from_those_weights_and_decays_its_learning_
               "train.lr_decay=0.5")
     optimizer = load_checkpoint(tmp_path / "decayed" / "checkpoint.pt")["optimizer"]
     assert optimizer["param_groups"][0]["lr"] == base.train.lr * 0.25
+
+
+def test_a_published_run_with_its_weights_can_be_fine_tuned(synthetic_mnist, tmp_path):
+    """What a user does next with results/<folder>: fine-tune it, as from the run's own folder."""
+    _base_run(synthetic_mnist, tmp_path / "base")
+    published = tmp_path / "published"  # what `lvae.report --publish DIR --weights` writes: no checkpoint.pt
+    published.mkdir()
+    for name in ("config.yaml", "metrics.json"):
+        shutil.copy2(tmp_path / "base" / name, published / name)
+    write_weights(tmp_path / "base", published)
+    cfg = compose_config(f"data.root={synthetic_mnist}", *tiny_run())
+    from_run, from_published = (build_model(model_spec(cfg), 784) for _ in range(2))
+    load_initial_weights(from_run, tmp_path / "base")
+    load_initial_weights(from_published, published)
+    assert all(torch.equal(value, from_run.state_dict()[key]) for key, value in from_published.state_dict().items())
