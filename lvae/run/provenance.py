@@ -44,11 +44,14 @@ def is_current_numerics(metrics: dict) -> bool:
     return numerics_version_of(metrics) == NUMERICS_VERSION
 
 
+CPUINFO = Path("/proc/cpuinfo")  # Linux's description of the CPU
+
+
 def cpu_model() -> str:
-    """The CPU's model name where the system says it (Linux: /proc/cpuinfo), else its architecture: two CPUs of
+    """The CPU's model name where the system says it (Linux: CPUINFO), else its architecture: two CPUs of
     one architecture can round float32 sums differently (their kernels pick other instructions)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 return f"{line.partition(':')[2].strip()}, {platform.machine()}"
     except OSError:

@@ -3,7 +3,6 @@
 import json
 import platform
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from lvae.data.images import ImageData
 from lvae.run.checkpoint import load_checkpoint
 from lvae.run.config import compose_config
 from lvae.run.loop import train_model
+from lvae.run import provenance
 from lvae.run.provenance import NUMERICS_VERSION, REPO_ROOT, command_line, describe_device
 from lvae.run.settings import model_spec
 from lvae.run.train import run
@@ -159,13 +159,12 @@ def test_the_recorded_command_names_the_script_within_the_repository(monkeypatch
     assert command_line() == f"{recorded} model=lvae layers=5"
 
 
-def test_a_cpu_run_records_the_cpus_model_where_the_system_names_it():
+def test_a_cpu_run_records_the_cpus_model_where_the_system_names_it(monkeypatch, tmp_path):
     """Two x86_64 CPUs can round a float32 sum differently, so "x86_64" alone cannot say where a number came from."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    if not names:
-        pytest.skip("this system names no CPU model in /proc/cpuinfo")
-    threads = torch.get_num_threads()
-    assert describe_device(torch.device("cpu")) == f"cpu ({names[0]}, {platform.machine()}, {threads} thread" + \
-        ("s)" if threads > 1 else ")")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: Example\nmodel name\t: Example CPU 9000 @ 3.0GHz\nflags\t: fpu\n")
+    monkeypatch.setattr(provenance, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert describe_device(torch.device("cpu")) == f"cpu (Example CPU 9000 @ 3.0GHz, {platform.machine()}, 2 threads)"
+    monkeypatch.setattr(provenance, "CPUINFO", tmp_path / "absent")  # not Linux: the architecture alone
+    assert describe_device(torch.device("cpu")) == f"cpu ({platform.processor() or platform.machine()}, 2 threads)"
